@@ -1,0 +1,45 @@
+//! `host`: pull captures from field devices, review them, fine-tune the detector from the
+//! feedback, export it to ONNX and push it back.
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+
+/// The host side of the face-detector feedback loop.
+#[derive(Debug, Parser)]
+#[command(version, about)]
+struct Cli {
+    /// More log output (-v debug, -vv trace); RUST_LOG overrides.
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    verbose: u8,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Print the libtorch build and the device training would use.
+    Device,
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    init_tracing(cli.verbose);
+    match cli.command {
+        Command::Device => {
+            tracing::info!(cuda = tch::Cuda::is_available(), "libtorch loaded");
+            Ok(())
+        }
+    }
+}
+
+fn init_tracing(verbose: u8) {
+    let default = match verbose {
+        0 => "info",
+        1 => "debug",
+        _ => "trace",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+}
