@@ -2,7 +2,8 @@
 # Prepares a fresh machine to build and test the workspace. Idempotent: a second run
 # only checks what is already there.
 #
-# - Debian packages: libclang (bindgen for the `v4l` crate), pkg-config.
+# - Debian packages: libclang (bindgen for the `v4l` crate), pkg-config, chromium (the
+#   review page's browser test drives it headless).
 # - libtorch 2.11.0 for `tch =0.24.0`, taken from PyPI's torch wheel (the only Linux build
 #   there is the CUDA one). Only torch/lib, torch/include and the two NVIDIA runtime
 #   libraries that libtorch_cpu.so loads are unpacked; libtorch_cuda.so is kept aside
@@ -27,6 +28,7 @@ log() { printf 'setup: %s\n' "$*" >&2; }
 install_debian_packages() {
     local missing=()
     command -v pkg-config >/dev/null || missing+=(pkg-config)
+    command -v chromium >/dev/null || missing+=(chromium)
     ls /usr/lib/llvm-*/lib/libclang.so* /usr/lib/x86_64-linux-gnu/libclang-*.so* >/dev/null 2>&1 || missing+=(libclang-dev)
     [ ${#missing[@]} -eq 0 ] && return
     log "installing ${missing[*]}"

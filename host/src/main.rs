@@ -1,6 +1,10 @@
 //! `host`: pull captures from field devices, review them, fine-tune the detector from the
 //! feedback, export it to ONNX and push it back.
 
+mod feedback;
+mod review;
+mod store;
+
 use anyhow::Result;
 use clap::{Parser, Subcommand};
 
@@ -12,6 +16,16 @@ struct Cli {
     #[arg(short, long, action = clap::ArgAction::Count, global = true)]
     verbose: u8,
 
+    /// The host's data folder: feedback store, images, pulled captures.
+    #[arg(
+        long,
+        global = true,
+        value_name = "DIR",
+        env = "FDET_HOST_DATA",
+        default_value = "host-data"
+    )]
+    data: std::path::PathBuf,
+
     #[command(subcommand)]
     command: Command,
 }
@@ -20,6 +34,10 @@ struct Cli {
 enum Command {
     /// Print the libtorch build and the device training would use.
     Device,
+    /// Import, export and summarise reviewers' feedback.
+    Feedback(feedback::FeedbackArgs),
+    /// Serve the review page: correct boxes and rate detections in a browser.
+    Review(review::ReviewArgs),
 }
 
 fn main() -> Result<()> {
@@ -30,6 +48,8 @@ fn main() -> Result<()> {
             tracing::info!(cuda = tch::Cuda::is_available(), "libtorch loaded");
             Ok(())
         }
+        Command::Feedback(args) => feedback::run(args, &cli.data),
+        Command::Review(args) => review::run(args, &cli.data),
     }
 }
 
