@@ -125,3 +125,37 @@ async fn shutdown_signal() {
     }
     tracing::info!("shutting down the review server");
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)] // A test fails loudly at the first surprise.
+mod tests {
+    use super::*;
+
+    const CRITERIA: &str =
+        concat!(env!("CARGO_MANIFEST_DIR"), "/../../shared/data/seed/feedback/criteria.txt");
+
+    #[test]
+    fn a_public_bind_needs_a_token() {
+        let dir = tempfile::tempdir().unwrap();
+        let args = |token: Option<&str>| ReviewArgs {
+            bind: "0.0.0.0:0".parse().unwrap(),
+            token: token.map(str::to_owned),
+            criteria: None,
+        };
+        let err = run(args(None), dir.path()).unwrap_err().to_string();
+        assert!(err.contains("without --token"), "{err}");
+        let err = run(args(Some("short")), dir.path()).unwrap_err().to_string();
+        assert!(err.contains("shorter than 8"), "{err}");
+    }
+
+    #[test]
+    fn the_reviewers_criteria_file_gives_six_ratings() {
+        let scale = read_scale(Path::new(CRITERIA)).unwrap();
+        assert_eq!(scale.len(), 6);
+        assert!(scale[0].starts_with("5:") && scale[5].starts_with("0:"), "{scale:?}");
+        let dir = tempfile::tempdir().unwrap();
+        let empty = dir.path().join("empty.txt");
+        std::fs::write(&empty, "Rate it\n").unwrap();
+        assert!(read_scale(&empty).unwrap_err().to_string().contains("no lines"));
+    }
+}

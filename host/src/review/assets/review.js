@@ -7,6 +7,8 @@
   const token = new URLSearchParams(location.search).get("token");
   const HANDLE = 8; // px around a corner that grab it
   const MIN_SIZE = 5; // px; a smaller drag is a click, not a box
+  // The queue is fetched whole; past this many captures, narrow it with the filters.
+  const QUEUE_LIMIT = 500;
   const MODEL = "#1f77b4";
   const HUMAN = "#2ca02c";
 
@@ -65,6 +67,7 @@
     add("model_version", "f-model");
     add("reviewed", "f-reviewed");
     add("rating", "f-rating");
+    q.set("limit", String(QUEUE_LIMIT));
     try {
       state.items = await api("/queue?" + q.toString());
       state.index = 0;
