@@ -79,6 +79,8 @@ pub fn import_file(store: &mut Store, file: &Path, images: Option<&Path>) -> Res
     let folders = image_folders(file, images);
     tracing::debug!(?folders, records = values.len(), "importing feedback");
 
+    // Every accepted record holds its image bytes until the store writes them: fine for the
+    // old project's files (80 photos, 17 MB), not for an import of many thousands.
     let mut records = Vec::new();
     let mut rejected = Vec::new();
     for (index, value) in values.into_iter().enumerate() {

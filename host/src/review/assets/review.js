@@ -111,7 +111,10 @@
       ["model", c.model_version],
       ["score", c.model_score.toFixed(3) + (c.model_face ? " (face)" : " (no face)")],
       ["reason", c.reason || "imported"],
-      ["captured", new Date(c.time_ms).toISOString().replace("T", " ").slice(0, 19)],
+      // Imported records carry no capture time; the store keeps their review time there.
+      ["captured", c.reason
+        ? new Date(c.time_ms).toISOString().replace("T", " ").slice(0, 19)
+        : "not recorded (imported)"],
       ["size", c.width + " x " + c.height],
       ["reviewed", f ? `rating ${f.rating}, ${f.time.slice(0, 16)}` : "not yet"],
     ];
