@@ -1,9 +1,16 @@
 //! `host`: pull captures from field devices, review them, fine-tune the detector from the
 //! feedback, export it to ONNX and push it back.
 
+mod accel;
+mod augment;
+mod dataset;
+mod evaluate;
 mod feedback;
+mod model;
 mod review;
 mod store;
+mod train;
+mod weights;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
@@ -38,6 +45,10 @@ enum Command {
     Feedback(feedback::FeedbackArgs),
     /// Serve the review page: correct boxes and rate detections in a browser.
     Review(review::ReviewArgs),
+    /// Fine-tune the detector on the seed data (or run the seed's grid with --grid).
+    Train(Box<train::TrainArgs>),
+    /// Figures of a checkpoint on the held-out seed images and the real photos.
+    Evaluate(evaluate::EvaluateArgs),
 }
 
 fn main() -> Result<()> {
@@ -50,6 +61,8 @@ fn main() -> Result<()> {
         }
         Command::Feedback(args) => feedback::run(args, &cli.data),
         Command::Review(args) => review::run(args, &cli.data),
+        Command::Train(args) => train::run(*args),
+        Command::Evaluate(args) => evaluate::run(args),
     }
 }
 
