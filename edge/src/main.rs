@@ -1,7 +1,18 @@
 //! `edge`: the field-camera binary. Reads frames, detects faces, keeps the frames the
 //! model is unsure of, and serves them to the host.
 
+mod api;
+mod bench;
+mod capture;
+mod captures_cmd;
+mod config;
+mod detect;
 mod detector;
+mod frame_source;
+mod gpio;
+mod model_store;
+mod onnx_model;
+mod runtime;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
@@ -22,6 +33,14 @@ struct Cli {
 enum Command {
     /// Print the tract version this binary was built with.
     Version,
+    /// Detect faces in image files or folders; one JSON line per image on stdout.
+    Detect(detect::DetectArgs),
+    /// Time tract fp32/int8 and onnxruntime on the same model files, and the pipeline.
+    Bench(bench::BenchArgs),
+    /// Run the camera loop: detect every frame, keep the uncertain ones (see deploy/).
+    Run(runtime::RunArgs),
+    /// List the capture log, or check it with `edge captures verify`.
+    Captures(captures_cmd::CapturesArgs),
 }
 
 fn main() -> Result<()> {
@@ -32,6 +51,10 @@ fn main() -> Result<()> {
             tracing::info!(version = env!("CARGO_PKG_VERSION"), "edge");
             Ok(())
         }
+        Command::Detect(args) => detect::run(args),
+        Command::Bench(args) => bench::run(args),
+        Command::Run(args) => runtime::run(args),
+        Command::Captures(args) => captures_cmd::run(args),
     }
 }
 

@@ -36,6 +36,9 @@ pub struct EvaluateArgs {
     /// libtorch threads.
     #[arg(long, default_value_t = 2)]
     pub threads: i32,
+    /// Also write one CSV row per real photo (score, predicted and human box, IoU) here.
+    #[arg(long)]
+    pub details: Option<PathBuf>,
 }
 
 /// Figures on one evaluation set.
@@ -64,7 +67,7 @@ pub struct Report {
 #[allow(clippy::print_stdout)] // The report is the command's output.
 pub fn run(args: EvaluateArgs) -> Result<()> {
     tch::set_num_threads(args.threads);
-    let report = evaluate(&args.checkpoint, &args.data, args.limit)?;
+    let report = evaluate(&args.checkpoint, &args.data, args.limit, args.details.as_deref())?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
@@ -80,8 +83,14 @@ pub fn run(args: EvaluateArgs) -> Result<()> {
     Ok(())
 }
 
-/// Computes the figures of `checkpoint` on the data under `data`.
-pub fn evaluate(checkpoint: &Path, data: &Path, limit: usize) -> Result<Report> {
+/// Computes the figures of `checkpoint` on the data under `data`; with `details`, writes
+/// the per-photo predictions there as CSV.
+pub fn evaluate(
+    checkpoint: &Path,
+    data: &Path,
+    limit: usize,
+    details: Option<&Path>,
+) -> Result<Report> {
     let mut vs = nn::VarStore::new(Device::Cpu);
     let net = Detector::new(&vs.root(), HeadConfig { dropout: 0.0 });
     vs.load(checkpoint).with_context(|| format!("loading checkpoint {}", checkpoint.display()))?;
@@ -104,6 +113,27 @@ pub fn evaluate(checkpoint: &Path, data: &Path, limit: usize) -> Result<Report> 
     let out = predict(&net, &paths)?;
     let labels: Vec<(bool, BBox)> = photos.iter().map(|p| (true, p.bbox)).collect();
     let real_photos = figures(&out, &labels);
+    if let Some(path) = details {
+        let mut csv =
+            String::from("image,score,x1,y1,x2,y2,human_x1,human_y1,human_x2,human_y2,iou\n");
+        for ((score, b), p) in out.iter().zip(&photos) {
+            let h = p.bbox;
+            let name = p.path.file_name().unwrap_or_default().to_string_lossy();
+            csv += &format!(
+                "{name},{score:.4},{:.4},{:.4},{:.4},{:.4},{:.4},{:.4},{:.4},{:.4},{:.4}\n",
+                b.x1,
+                b.y1,
+                b.x2,
+                b.y2,
+                h.x1,
+                h.y1,
+                h.x2,
+                h.y2,
+                b.iou(h)
+            );
+        }
+        std::fs::write(path, csv).with_context(|| format!("writing {}", path.display()))?;
+    }
     Ok(Report { checkpoint: checkpoint.display().to_string(), seed_test, real_photos })
 }
 

@@ -5,12 +5,19 @@ mod accel;
 mod augment;
 mod dataset;
 mod evaluate;
-mod feedback;
 mod model;
-mod review;
-mod store;
 mod train;
 mod weights;
+
+mod export;
+
+mod feedback;
+mod fleet;
+mod keys;
+mod push;
+mod review;
+mod store;
+mod sync;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
@@ -41,14 +48,26 @@ struct Cli {
 enum Command {
     /// Print the libtorch build and the device training would use.
     Device,
-    /// Import, export and summarise reviewers' feedback.
-    Feedback(feedback::FeedbackArgs),
-    /// Serve the review page: correct boxes and rate detections in a browser.
-    Review(review::ReviewArgs),
+    /// Write a checkpoint as ONNX (fp32 and int8) with a manifest beside each file.
+    Export(export::ExportArgs),
     /// Fine-tune the detector on the seed data (or run the seed's grid with --grid).
     Train(Box<train::TrainArgs>),
     /// Figures of a checkpoint on the held-out seed images and the real photos.
     Evaluate(evaluate::EvaluateArgs),
+    /// Import, export and summarise reviewers' feedback.
+    Feedback(feedback::FeedbackArgs),
+    /// Serve the review page: correct boxes and rate detections in a browser.
+    Review(review::ReviewArgs),
+    /// Create the ed25519 key pair that signs pushed models.
+    Keys(keys::KeysArgs),
+    /// Pull new captures from the fleet's devices into the feedback store.
+    Sync(sync::SyncArgs),
+    /// Sign a model and push it to the fleet's devices.
+    Push(push::PushArgs),
+    /// Send devices back to their previous model.
+    Rollback(push::RollbackArgs),
+    /// The fleet's devices: `host fleet status`.
+    Fleet(fleet::FleetArgs),
 }
 
 fn main() -> Result<()> {
@@ -59,10 +78,16 @@ fn main() -> Result<()> {
             tracing::info!(cuda = tch::Cuda::is_available(), "libtorch loaded");
             Ok(())
         }
-        Command::Feedback(args) => feedback::run(args, &cli.data),
-        Command::Review(args) => review::run(args, &cli.data),
+        Command::Export(args) => export::run(args),
         Command::Train(args) => train::run(*args),
         Command::Evaluate(args) => evaluate::run(args),
+        Command::Feedback(args) => feedback::run(args, &cli.data),
+        Command::Review(args) => review::run(args, &cli.data),
+        Command::Keys(args) => keys::run(args, &cli.data),
+        Command::Sync(args) => sync::run(args, &cli.data),
+        Command::Push(args) => push::run(args, &cli.data),
+        Command::Rollback(args) => push::run_rollback(args, &cli.data),
+        Command::Fleet(args) => fleet::run(args, &cli.data),
     }
 }
 

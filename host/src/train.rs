@@ -566,6 +566,7 @@ impl Run {
         tch::manual_seed(p.seed as i64 + start_epoch as i64);
         let mut opt = nn::Adam::default().build(vs, p.lr)?;
         let stop = interrupt_flag();
+        let before = if self.resume { previous_seconds(&self.dir) } else { 0.0 };
         let t0 = Instant::now();
         let mut best = Figures::default();
         let mut epochs = start_epoch;
@@ -602,7 +603,7 @@ impl Run {
                 secs = secs as u64,
                 "epoch done"
             );
-            self.write_params(t0, best_epoch, epochs, interrupted)?;
+            self.write_params(t0, before, best_epoch, epochs, interrupted)?;
             if interrupted || epochs - best_epoch >= p.patience {
                 break;
             }
@@ -660,9 +661,11 @@ impl Run {
         (sum / seen.max(1) as f64, seen)
     }
 
+    /// Writes params.json; `before` is the training time of earlier sessions of this run.
     fn write_params(
         &self,
         t0: Instant,
+        before: f64,
         best_epoch: usize,
         epochs: usize,
         interrupted: bool,
@@ -672,12 +675,20 @@ impl Run {
             "best_epoch": best_epoch,
             "epochs": epochs,
             "interrupted": interrupted,
-            "training_seconds": t0.elapsed().as_secs_f64(),
+            "training_seconds": before + t0.elapsed().as_secs_f64(),
         });
         let path = self.dir.join("params.json");
         std::fs::write(&path, serde_json::to_vec_pretty(&json)?)
             .with_context(|| format!("writing {}", path.display()))
     }
+}
+
+/// Training time recorded by earlier sessions of a resumed run (0 when unknown).
+fn previous_seconds(dir: &Path) -> f64 {
+    let json = std::fs::read(dir.join("params.json"))
+        .ok()
+        .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok());
+    json.and_then(|v| v["training_seconds"].as_f64()).unwrap_or(0.0)
 }
 
 const METRICS_HEADER: &str =
@@ -861,6 +872,16 @@ mod tests {
         let l = losses(&out, &Tensor::from_slice(&[1.0f32]), &bbox, &params());
         // Corners: 0.0625 * 2; width 0 vs 0.5 -> 0.25; height 0 vs 0 -> 0.
         assert!((l.bbox.double_value(&[]) - 0.375).abs() < 1e-6);
+    }
+
+    #[test]
+    fn one_copy_reframes_the_given_share() {
+        let p = TrainParams { strong_share: 0.7, ..params() };
+        let strong = (0..10_000).filter(|&i| job(i, 0, &p).strength == Strength::Strong).count();
+        assert!((6_700..7_300).contains(&strong), "{strong}");
+        let p = TrainParams { copies: 3, ..params() };
+        assert_eq!(job(5, 0, &p).strength, Strength::Mild);
+        assert_eq!(job(5, 2, &p).strength, Strength::Strong);
     }
 
     #[test]

@@ -5,6 +5,7 @@
 //! captures over the [`protocol`], trains, and pushes models back. Boxes are
 //! [`geometry::BBox`] everywhere: normalised `[x1, y1, x2, y2]` on the original image.
 
+pub mod bundle;
 pub mod capture;
 pub mod detection;
 pub mod frame;

@@ -1,0 +1,127 @@
+//! The models committed under `models/`: both load with their manifests, and the int8
+//! form answers like the fp32 one on the seed validation images (within 0.01 of mean IoU
+//! against the labelled boxes, and the same face/no-face decisions nearly everywhere).
+//!
+//! The seed data lives outside the repository (`../shared/data/seed`, or `$FDET_SEED`);
+//! CI has it. Without it these tests fail with a message saying where they looked.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use serde::Deserialize;
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+fn seed_dir() -> PathBuf {
+    let dir = std::env::var_os("FDET_SEED")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo().join("../shared/data/seed"));
+    assert!(dir.join("Data").is_dir(), "seed data not found at {} (set FDET_SEED)", dir.display());
+    dir
+}
+
+/// The shipped fp32 model and its int8 twin, from the newest manifest.
+fn shipped() -> (PathBuf, PathBuf) {
+    let models = repo().join("models");
+    let mut newest: Option<(u64, PathBuf)> = None;
+    for entry in std::fs::read_dir(&models).expect("models/ exists").flatten() {
+        let p = entry.path();
+        let Ok(bytes) = std::fs::read(&p) else { continue };
+        if p.extension().is_some_and(|e| e == "json") {
+            if let Ok(m) = shared::ModelManifest::from_json(&bytes) {
+                let is_fp32 = m.precision == shared::manifest::Precision::Fp32;
+                if is_fp32 && newest.as_ref().is_none_or(|(n, _)| m.version_number > *n) {
+                    newest = Some((m.version_number, models.join(&m.file)));
+                }
+            }
+        }
+    }
+    let (_, fp32) = newest.expect("a fp32 manifest in models/");
+    let stem = fp32.file_stem().and_then(|s| s.to_str()).expect("name").to_string();
+    (fp32.clone(), fp32.with_file_name(format!("{stem}.int8.onnx")))
+}
+
+#[derive(Debug, Deserialize)]
+struct Label {
+    image: String,
+    bbox: [f32; 4],
+    class: u8,
+}
+
+/// Runs `edge detect` on the validation images and returns (image file name, score, box).
+fn detect_all(model: &Path, images: &Path) -> Vec<(String, f32, [f32; 4])> {
+    let out = Command::new(env!("CARGO_BIN_EXE_edge"))
+        // Threshold 0 so that every line carries the box.
+        .args(["detect", "--threads", "2", "--threshold", "0", "--model"])
+        .arg(model)
+        .arg(images)
+        .env("RUST_LOG", "warn")
+        .output()
+        .expect("edge runs");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout)
+        .expect("utf8")
+        .lines()
+        .map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).expect("JSON line");
+            let name = Path::new(v["image"].as_str().expect("image"))
+                .file_name()
+                .expect("file name")
+                .to_string_lossy()
+                .into_owned();
+            let score = v["score"].as_f64().expect("score") as f32;
+            let b = &v["faces"][0]["bbox"];
+            let bbox = std::array::from_fn(|i| b[i].as_f64().expect("box value") as f32);
+            (name, score, bbox)
+        })
+        .collect()
+}
+
+fn iou(a: [f32; 4], b: [f32; 4]) -> f32 {
+    shared::BBox::from(a).iou(shared::BBox::from(b))
+}
+
+#[test]
+fn int8_stays_within_a_hundredth_of_fp32_mean_iou_on_validation() {
+    let (fp32, int8) = shipped();
+    let seed = seed_dir();
+    let images = seed.join("Data/Validation/Images");
+    let labels_dir = seed.join("Data/Validation/Labels");
+    let mut labels = std::collections::HashMap::new();
+    for entry in std::fs::read_dir(&labels_dir).expect("labels").flatten() {
+        let l: Label = serde_json::from_slice(&std::fs::read(entry.path()).expect("read"))
+            .expect("label JSON");
+        labels.insert(l.image.clone(), l);
+    }
+
+    let a = detect_all(&fp32, &images);
+    let b = detect_all(&int8, &images);
+    assert_eq!(a.len(), labels.len(), "one line per validation image");
+    assert_eq!(a.len(), b.len());
+
+    let (mut iou_a, mut iou_b, mut faces, mut agree, mut agreement_iou) = (0.0, 0.0, 0, 0, 0.0);
+    for ((name, sa, ba), (name_b, sb, bb)) in a.iter().zip(&b) {
+        assert_eq!(name, name_b);
+        let label = &labels[name];
+        agree += usize::from((*sa >= 0.5) == (*sb >= 0.5));
+        if label.class == 1 {
+            faces += 1;
+            iou_a += iou(*ba, label.bbox);
+            iou_b += iou(*bb, label.bbox);
+            agreement_iou += iou(*ba, *bb);
+        }
+    }
+    let n = faces as f32;
+    let (iou_a, iou_b) = (iou_a / n, iou_b / n);
+    eprintln!(
+        "validation: {} images, {faces} faces; mean IoU fp32 {iou_a:.4}, int8 {iou_b:.4}; \
+         int8 vs fp32 boxes {:.4}; decisions agree {agree}/{}",
+        a.len(),
+        agreement_iou / n,
+        a.len()
+    );
+    assert!((iou_a - iou_b).abs() < 0.01, "fp32 {iou_a} vs int8 {iou_b}");
+    assert!(agree as f32 >= 0.99 * a.len() as f32, "decisions agree on {agree} of {}", a.len());
+}
