@@ -28,6 +28,9 @@ log() { printf 'setup: %s\n' "$*" >&2; }
 install_debian_packages() {
     local missing=()
     command -v pkg-config >/dev/null || missing+=(pkg-config)
+    command -v unzip >/dev/null || missing+=(unzip)
+    command -v cc >/dev/null || missing+=(gcc)
+    python3 -m pip --version >/dev/null 2>&1 || missing+=(python3-pip)
     command -v chromium >/dev/null || missing+=(chromium)
     ls /usr/lib/llvm-*/lib/libclang.so* /usr/lib/x86_64-linux-gnu/libclang-*.so* >/dev/null 2>&1 || missing+=(libclang-dev)
     [ ${#missing[@]} -eq 0 ] && return
@@ -97,7 +100,10 @@ install_onnxruntime() {
         return
     fi
     log "installing onnxruntime, numpy and pillow for the benchmark comparison"
-    python3 -m pip install -q onnxruntime numpy pillow
+    # Debian's own Python refuses system-wide pip installs (PEP 668); a user install
+    # keeps the system packages untouched.
+    python3 -m pip install -q onnxruntime numpy pillow 2>/dev/null \
+        || python3 -m pip install -q --user --break-system-packages onnxruntime numpy pillow
 }
 
 install_debian_packages

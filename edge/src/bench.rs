@@ -4,7 +4,9 @@
 //! `scripts/ort_bench.py`, on the same ONNX files and the same prepared inputs) with the
 //! same thread count, so the gap between runtimes is visible in one run; the outputs of
 //! the runtimes are compared too. Then the whole pipeline on a folder of photos: decode,
-//! resize, normalise and infer timed per image, and frames per second end to end.
+//! resize, normalise, infer and capture write (JPEG encode and append to a scratch capture
+//! log, as if every frame were kept: the worst case) timed per image, and frames per
+//! second end to end.
 //!
 //! Build with `--release`: the figures of a debug build mean nothing.
 
@@ -17,6 +19,10 @@ use anyhow::{bail, Context, Result};
 use serde::Deserialize;
 use shared::frame::{load_image, resize, to_chw};
 
+use shared::{CaptureReason, Detection};
+
+use crate::capture::budget::Budget;
+use crate::capture::{encode_jpeg, CaptureDraft, CaptureLog, LogConfig};
 use crate::detect::images_in;
 use crate::onnx_model::{default_model, ModelOptions, TractDetector};
 
@@ -60,6 +66,7 @@ struct Stages {
     resize: Vec<Duration>,
     normalise: Vec<Duration>,
     infer: Vec<Duration>,
+    capture: Vec<Duration>,
     total: Vec<Duration>,
 }
 
@@ -115,6 +122,8 @@ fn pipeline(
     let spec = model.input_spec().clone();
     let mut stages = Stages::default();
     let mut prepared = Vec::new();
+    let scratch = tempfile::tempdir().context("cannot create a scratch capture log")?;
+    let mut log = scratch_log(scratch.path())?;
     for path in photos {
         let t0 = Instant::now();
         let frame = load_image(path)?;
@@ -123,18 +132,49 @@ fn pipeline(
         let t2 = Instant::now();
         let input = to_chw(&small, &spec);
         let t3 = Instant::now();
-        model.infer(&input).with_context(|| format!("{}", path.display()))?;
+        let detection = model.infer(&input).with_context(|| format!("{}", path.display()))?;
         let t4 = Instant::now();
+        keep(&mut log, &frame, detection)?;
+        let t5 = Instant::now();
         stages.decode.push(t1 - t0);
         stages.resize.push(t2 - t1);
         stages.normalise.push(t3 - t2);
         stages.infer.push(t4 - t3);
-        stages.total.push(t4 - t0);
+        stages.capture.push(t5 - t4);
+        stages.total.push(t5 - t0);
         if prepared.len() < keep {
             prepared.push(input);
         }
     }
     Ok((stages, prepared))
+}
+
+/// A capture log in `dir` with `edge run`'s default settings (fsync at most once a second,
+/// JPEG quality 85 at most 640 px).
+fn scratch_log(dir: &Path) -> Result<CaptureLog> {
+    let config = LogConfig {
+        dir: dir.to_path_buf(),
+        fsync_interval: Duration::from_secs(1),
+        budget: Budget { max_bytes: u64::MAX, max_count: usize::MAX },
+        min_free_bytes: 0,
+    };
+    Ok(CaptureLog::open(config).context("cannot open the scratch capture log")?.0)
+}
+
+/// What `edge run` does with a frame it keeps.
+fn keep(log: &mut CaptureLog, frame: &image::RgbImage, detection: Detection) -> Result<()> {
+    let encoded = encode_jpeg(frame, 85, 640).context("encoding the capture")?;
+    let draft = CaptureDraft {
+        time_ms: 0,
+        reason: CaptureReason::Uncertain,
+        detection,
+        model_version: "bench".into(),
+        width: encoded.width,
+        height: encoded.height,
+    };
+    log.append(draft, &encoded.jpeg).context("appending to the scratch capture log")?;
+    log.tick().context("syncing the scratch capture log")?;
+    Ok(())
 }
 
 fn time_tract(
@@ -302,6 +342,7 @@ fn print_report(
         ("resize", &stages.resize),
         ("normalise", &stages.normalise),
         ("infer", &stages.infer),
+        ("capture", &stages.capture),
         ("total", &stages.total),
     ];
     for (name, values) in rows {

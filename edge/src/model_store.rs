@@ -51,7 +51,10 @@ pub enum ModelStoreError {
     #[error("manifest file name {0:?} must be a plain `.onnx` file name")]
     FileName(String),
     /// The pushed model is not newer than the active one.
-    #[error("model version {offered} is not newer than the active version {active}; use rollback to go back")]
+    #[error(
+        "model version {offered} is not newer than the active version {active}; \
+         use rollback to go back"
+    )]
     NotNewer {
         /// Version number offered.
         offered: u64,

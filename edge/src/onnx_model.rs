@@ -123,7 +123,12 @@ impl TractDetector {
             None => onnx_path.file_name().map_or_else(String::new, |n| n.to_string_lossy().into()),
         };
         let threshold = manifest.as_ref().map_or(DEFAULT_THRESHOLD, |m| m.threshold);
-        tracing::info!(model = %onnx_path.display(), %version, threads = options.threads, "model loaded");
+        tracing::info!(
+            model = %onnx_path.display(),
+            %version,
+            threads = options.threads,
+            "model loaded"
+        );
         Ok(Self {
             plan,
             executor: executor(options.threads),

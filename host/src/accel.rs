@@ -7,9 +7,12 @@
 //! `.libtorch/torch/cuda-lib/`, and an installed PyTorch's `torch/lib/` named by
 //! `$TORCH_LIB`.
 //!
-//! Troubleshooting: a "cannot load" warning names the library and the loader's message;
-//! usually a CUDA runtime library (`libcudart.so.13`, `libcupti`) is missing from
-//! `LD_LIBRARY_PATH`. Training then runs on the CPU, only slower.
+//! Troubleshooting: a "cannot load" warning names the library and the loader's message.
+//! `scripts/setup.sh` fetches only what the CPU build needs, so on a GPU machine the CUDA
+//! libraries `libtorch_cuda.so` links (cuBLAS, cuDNN, NCCL, nvshmem, ...) must come from
+//! an installed PyTorch 2.11: `pip install torch==2.11.0`, then point `TORCH_LIB` at its
+//! `torch/lib` and put its `nvidia/*/lib` folders on `LD_LIBRARY_PATH`. Training then runs
+//! on CUDA; otherwise on the CPU, only slower. Not run here: no GPU was available.
 
 use std::path::PathBuf;
 
@@ -34,29 +37,36 @@ fn candidates() -> Vec<PathBuf> {
 /// Loads the CUDA backend if possible and returns the device to train on. Logs one line
 /// saying which and, when falling back, why.
 pub fn select_device() -> Device {
-    let candidates = candidates();
-    let found = candidates.iter().find(|p| p.exists());
-    match found {
-        None => tracing::info!("no libtorch_cuda.so found; using the CPU"),
-        Some(path) => match load_library(path) {
-            Ok(()) => tracing::debug!(path = %path.display(), "loaded the CUDA backend"),
-            Err(e) => {
-                tracing::warn!(
-                    path = %path.display(),
-                    error = %e,
-                    "cannot load the CUDA backend; using the CPU"
-                );
-                return Device::Cpu;
+    // Without the NVIDIA driver's device node there is nothing to load the backend for,
+    // and the loader's complaint about missing CUDA libraries would only mislead.
+    if !std::path::Path::new("/dev/nvidiactl").exists() {
+        tracing::info!("no NVIDIA GPU on this machine (/dev/nvidiactl absent); using the CPU");
+        return Device::Cpu;
+    }
+    let mut loaded = false;
+    for path in candidates().iter().filter(|p| p.exists()) {
+        match load_library(path) {
+            Ok(()) => {
+                tracing::debug!(path = %path.display(), "loaded the CUDA backend");
+                loaded = true;
+                break;
             }
-        },
+            Err(e) => tracing::warn!(
+                path = %path.display(),
+                error = %e,
+                "cannot load this CUDA backend; trying the next place"
+            ),
+        }
+    }
+    if !loaded {
+        tracing::warn!("no loadable libtorch_cuda.so (see host/src/accel.rs); using the CPU");
+        return Device::Cpu;
     }
     if tch::Cuda::is_available() {
         tracing::info!(gpus = tch::Cuda::device_count(), "training on CUDA");
         Device::Cuda(0)
     } else {
-        if found.is_some() {
-            tracing::info!("CUDA backend loaded but no GPU is visible; using the CPU");
-        }
+        tracing::info!("CUDA backend loaded but no GPU is visible; using the CPU");
         Device::Cpu
     }
 }

@@ -75,7 +75,8 @@ fn main() -> Result<()> {
     init_tracing(cli.verbose);
     match cli.command {
         Command::Device => {
-            tracing::info!(cuda = tch::Cuda::is_available(), "libtorch loaded");
+            let device = accel::select_device();
+            tracing::info!(?device, cuda = tch::Cuda::is_available(), "libtorch loaded");
             Ok(())
         }
         Command::Export(args) => export::run(args),

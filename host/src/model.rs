@@ -1,5 +1,5 @@
 //! The detector: torchvision's MobileNetV2 `features`, global max pooling, and two dense
-//! heads (face score and box), named exactly as `notes/model_contract.md` says so that a
+//! heads (face score and box), named exactly as `models/README.md` says so that a
 //! checkpoint is also what `host export` reads.
 //!
 //! The backbone can run in two parts, `features[0..k)` and `features[k..19)`, so that

@@ -91,7 +91,12 @@ pub fn run(args: PushArgs, data: &Path) -> Result<()> {
         args.key.clone().unwrap_or_else(|| keys::default_dir(data).join(keys::PRIVATE_KEY_FILE));
     let bundle = sign_bundle(&args.model, &key)?;
     let m = &bundle.manifest;
-    tracing::info!(version = %m.version, number = m.version_number, bytes = bundle.onnx.len(), "model signed");
+    tracing::info!(
+        version = %m.version,
+        number = m.version_number,
+        bytes = bundle.onnx.len(),
+        "model signed"
+    );
     let devices = args.fleet.load(data)?.select(&args.devices)?;
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
     let outcomes = runtime.block_on(push_all(&devices, bundle.to_bytes()))?;

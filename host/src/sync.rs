@@ -63,6 +63,20 @@ pub enum SyncError {
         /// The store's error.
         source: StoreError,
     },
+    /// The device numbers its captures below what the host already holds from it.
+    #[error(
+        "device {device}: its captures end at seq {device_has} but the host holds up to \
+         {host_has}; its capture log was wiped or the fleet entry names another device \
+         (nothing acknowledged; give it a new name in the fleet file to start afresh)"
+    )]
+    Diverged {
+        /// The device.
+        device: String,
+        /// The highest sequence number the device has ever handed out.
+        device_has: u64,
+        /// The highest sequence number the host stored for this name.
+        host_has: u64,
+    },
     /// The storing task died.
     #[error("device {device}: storing task failed: {source}")]
     Task {
@@ -204,8 +218,19 @@ async fn pull(
     let mut after = blocking_last_seq(store, &device).await?.unwrap_or(0);
     run.last_seq = (after > 0).then_some(after);
     let start = after;
-    // A run killed between storing and acknowledging left the device unacknowledged.
     if after > 0 {
+        // Acknowledging blindly would let a wiped device (or a fleet entry now naming
+        // another one) evict captures the host never saw.
+        let status = client.status().await.map_err(call)?;
+        let device_has = status.last_seq.unwrap_or(0).max(status.acked_seq);
+        if device_has < after {
+            return Err(SyncError::Diverged {
+                device: device.clone(),
+                device_has,
+                host_has: after,
+            });
+        }
+        // A run killed between storing and acknowledging left the device unacknowledged.
         client.ack(after).await.map_err(call)?;
     }
     loop {
@@ -281,12 +306,16 @@ async fn store_in_order(
         let mut done = (None, 0u64, 0u64);
         for (record, image) in &ready {
             if let Some(image) = image {
-                store
-                    .add_capture(&owned_device, record, image)
-                    .map_err(|source| SyncError::Store { device: owned_device.clone(), seq: record.seq, source })?;
+                store.add_capture(&owned_device, record, image).map_err(|source| {
+                    SyncError::Store { device: owned_device.clone(), seq: record.seq, source }
+                })?;
                 done.1 += 1;
             } else {
-                tracing::debug!(device = %owned_device, seq = record.seq, "capture evicted before its image was fetched");
+                tracing::debug!(
+                    device = %owned_device,
+                    seq = record.seq,
+                    "capture evicted before its image was fetched"
+                );
                 done.2 += 1;
             }
             done.0 = Some(record.seq);

@@ -739,20 +739,27 @@ fn resume_state(dir: &Path) -> Result<(usize, f64, usize)> {
 }
 
 /// A flag set by Ctrl-C: the current batch finishes, the epoch's checkpoint is written.
+/// One flag for the whole process: `ctrlc` takes a single handler, and every run of a grid
+/// must see the same interruption.
 fn interrupt_flag() -> Arc<AtomicBool> {
-    let flag = Arc::new(AtomicBool::new(false));
-    let f = Arc::clone(&flag);
-    let installed = ctrlc::set_handler(move || {
-        tracing::warn!("interrupted: finishing the batch and saving last.safetensors");
-        f.store(true, Ordering::SeqCst);
+    static FLAG: std::sync::OnceLock<Arc<AtomicBool>> = std::sync::OnceLock::new();
+    let flag = FLAG.get_or_init(|| {
+        let flag = Arc::new(AtomicBool::new(false));
+        let f = Arc::clone(&flag);
+        let installed = ctrlc::set_handler(move || {
+            tracing::warn!("interrupted: finishing the batch and saving last.safetensors");
+            f.store(true, Ordering::SeqCst);
+        });
+        if let Err(e) = installed {
+            tracing::warn!(error = %e, "cannot install the Ctrl-C handler");
+        }
+        flag
     });
-    if let Err(e) = installed {
-        tracing::debug!(error = %e, "Ctrl-C handler already installed");
-    }
-    flag
+    Arc::clone(flag)
 }
 
-/// The seed's grid: class weight, box weight, batch size and dropout.
+/// The seed's grid. Resumable: combinations already in `grid.csv` are not run again, so
+/// an interrupted grid picks up where it stopped.
 fn grid(
     args: &TrainArgs,
     caches: &Caches,
@@ -762,15 +769,20 @@ fn grid(
     let dir = args.runs.join(&args.run);
     std::fs::create_dir_all(&dir)?;
     let csv = dir.join("grid.csv");
-    std::fs::write(
-        &csv,
-        "class_weight,reg_weight,batch,dropout,best_epoch,val_loss,val_accuracy,val_iou,seconds\n",
-    )?;
-    let mut best: Option<(f64, String)> = None;
+    let mut done = grid_rows(&csv)?;
+    if done.is_empty() {
+        std::fs::write(&csv, GRID_HEADER)?;
+    } else {
+        tracing::info!(done = done.len(), results = %csv.display(), "resuming the grid");
+    }
     for cw in [0.1, 0.2] {
         for rw in [1.7, 1.8, 1.9] {
             for batch in [96, 128] {
                 for dropout in [0.6, 0.7] {
+                    let name = format!("cw{cw}-rw{rw}-b{batch}-d{dropout}");
+                    if done.iter().any(|(n, _)| *n == name) {
+                        continue;
+                    }
                     let params = TrainParams {
                         class_weight: cw,
                         reg_weight: rw,
@@ -780,13 +792,15 @@ fn grid(
                         decay: 0.9,
                         ..args.params.clone()
                     };
-                    let name = format!("cw{cw}-rw{rw}-b{batch}-d{dropout}");
                     let mut vs = nn::VarStore::new(device);
                     let net = Detector::new(&vs.root(), HeadConfig { dropout });
                     weights::load_into(&vs, imagenet, "features.")?;
                     let run =
                         Run { dir: dir.join(&name), params, resume: false, quiet: true, device };
                     let s = run.train(&mut vs, &net, caches)?;
+                    if s.interrupted {
+                        bail!("grid interrupted; results so far in {}", csv.display());
+                    }
                     let b = s.best;
                     append(
                         &csv,
@@ -803,22 +817,39 @@ fn grid(
                     );
                     // Losses with different weights are not comparable: rank by accuracy
                     // and IoU together.
-                    let score = b.accuracy + b.iou;
-                    if best.as_ref().is_none_or(|(s, _)| score > *s) {
-                        best = Some((score, name));
-                    }
-                    if s.interrupted {
-                        bail!("grid interrupted; results so far in {}", csv.display());
-                    }
+                    done.push((name, b.accuracy + b.iou));
                 }
             }
         }
     }
-    if let Some((score, name)) = best {
+    let best = done.iter().max_by(|a, b| a.1.total_cmp(&b.1));
+    if let Some((name, score)) = best {
         tracing::info!(best = %name, score, results = %csv.display(), "grid done");
         std::fs::write(dir.join("grid_best.txt"), format!("{name}\n"))?;
     }
     Ok(())
+}
+
+const GRID_HEADER: &str =
+    "class_weight,reg_weight,batch,dropout,best_epoch,val_loss,val_accuracy,val_iou,seconds\n";
+
+/// The combinations already in a grid's CSV, by name, with their score (accuracy + IoU).
+fn grid_rows(csv: &Path) -> Result<Vec<(String, f64)>> {
+    let text = match std::fs::read_to_string(csv) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(e).with_context(|| format!("reading {}", csv.display())),
+    };
+    let mut rows = Vec::new();
+    for (n, line) in text.lines().enumerate().skip(1) {
+        let cols: Vec<&str> = line.split(',').collect();
+        let [cw, rw, batch, dropout, _, _, acc, iou, ..] = cols[..] else {
+            bail!("{}:{}: expected 9 columns, found {}", csv.display(), n + 1, cols.len());
+        };
+        let score = acc.parse::<f64>().unwrap_or(0.0) + iou.parse::<f64>().unwrap_or(0.0);
+        rows.push((format!("cw{cw}-rw{rw}-b{batch}-d{dropout}"), score));
+    }
+    Ok(rows)
 }
 
 #[cfg(test)]

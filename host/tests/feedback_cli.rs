@@ -28,6 +28,10 @@ fn import_report_and_export_through_the_binary() {
     assert!(String::from_utf8_lossy(&first.stdout).contains("80 added, 0 already"));
     let again = host(&data, &["feedback", "import", SEED_FEEDBACK]);
     assert!(String::from_utf8_lossy(&again.stdout).contains("0 added, 80 already"));
+    // The reviewers' rating scale beside the feedback file is kept for the review page.
+    let seed_criteria = Path::new(SEED_FEEDBACK).with_file_name("criteria.txt");
+    let kept = std::fs::read(data.join("criteria.txt")).unwrap();
+    assert_eq!(kept, std::fs::read(seed_criteria).unwrap());
 
     let chart = dir.path().join("chart.svg");
     let json = host(&data, &["feedback", "report", "--json", "--chart", chart.to_str().unwrap()]);

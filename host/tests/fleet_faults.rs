@@ -182,3 +182,29 @@ fn device_killed_mid_swap_always_comes_back_with_a_loadable_model() {
     assert_eq!(seen.len(), 2, "every kill landed on the same side of the swap");
     assert!(device.stop(), "{}", device.log());
 }
+
+#[test]
+fn a_wiped_device_is_refused_not_acknowledged() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("host-data");
+    let (mut device, _) = one_device(tmp.path(), 600, 120);
+    device.wait_captures(40);
+    let fleet = tmp.path().join("fleet.toml");
+    write_fleet(&fleet, &[(&device, device.port)]);
+    let out = host(&data, &["sync", "--fleet", fleet.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", text(&out));
+    let host_has = *stored_seqs(&data, &device.name).last().unwrap();
+
+    // Same name and address, fresh capture log: its numbers start again from 1.
+    assert!(device.stop());
+    std::fs::remove_dir_all(device.dir.join("data")).unwrap();
+    device.spawn();
+    device.wait_ready();
+    device.wait_captures(3);
+    let out = host(&data, &["sync", "--fleet", fleet.to_str().unwrap()]);
+    assert!(!out.status.success(), "a diverged device must fail the sync");
+    assert!(text(&out).contains("wiped"), "{}", text(&out));
+    let status = device.status();
+    assert_eq!(status["acked_seq"], 0, "nothing may be acknowledged: {status}");
+    assert_eq!(*stored_seqs(&data, &device.name).last().unwrap(), host_has);
+}

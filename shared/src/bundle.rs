@@ -354,12 +354,16 @@ mod tests {
         #![proptest_config(ProptestConfig::with_cases(512))]
 
         #[test]
-        fn parse_never_panics_on_random_bytes(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
+        fn parse_never_panics_on_random_bytes(
+            bytes in proptest::collection::vec(any::<u8>(), 0..512),
+        ) {
             let _ = Bundle::parse(&bytes);
         }
 
         #[test]
-        fn parse_never_panics_on_random_tails(tail in proptest::collection::vec(any::<u8>(), 0..256)) {
+        fn parse_never_panics_on_random_tails(
+            tail in proptest::collection::vec(any::<u8>(), 0..256),
+        ) {
             let mut bytes = MAGIC.to_vec();
             bytes.push(FORMAT_VERSION);
             bytes.extend_from_slice(&tail);

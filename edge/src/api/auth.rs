@@ -113,7 +113,12 @@ pub async fn require_token(
         _ => {
             let failures = state.limiter.record_failure(ip, now);
             state.metrics.auth_failures.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            tracing::warn!(%ip, path = %request.uri().path(), failures, "request without a valid token");
+            tracing::warn!(
+                %ip,
+                path = %request.uri().path(),
+                failures,
+                "request without a valid token"
+            );
             Err(ApiError::Unauthorized)
         }
     }

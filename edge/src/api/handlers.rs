@@ -185,7 +185,12 @@ impl ApiState {
     fn adopt(&self, swap: Swap) -> ModelReply {
         let m = &swap.active.manifest;
         let replaced = swap.replaced.as_ref().map(|r| r.manifest.version.clone());
-        tracing::info!(version = %m.version, number = m.version_number, ?replaced, "model swapped in");
+        tracing::info!(
+            version = %m.version,
+            number = m.version_number,
+            ?replaced,
+            "model swapped in"
+        );
         let timed = Timed::new(swap.detector, self.metrics.inference.clone());
         self.handles.swap_detector(Box::new(timed));
         *self.active.lock().unwrap_or_else(|p| p.into_inner()) = Some(m.clone());

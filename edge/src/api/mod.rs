@@ -286,7 +286,10 @@ impl ApiState {
         };
         let detector = (store.loader())(&active.manifest_path()).map_err(anyhow::Error::msg)?;
         drop(store);
-        tracing::info!(version = %active.manifest.version, "running the model store's active model");
+        tracing::info!(
+            version = %active.manifest.version,
+            "running the model store's active model"
+        );
         self.handles.swap_detector(Box::new(Timed::new(detector, self.metrics.inference.clone())));
         *self.active.lock().unwrap_or_else(|p| p.into_inner()) = Some(active.manifest);
         Ok(())
@@ -318,7 +321,10 @@ fn open_model_store(config: &EdgeConfig) -> Result<ModelStore> {
                 format!("copying the model {} into the model store", manifest.display())
             })?;
         } else {
-            tracing::warn!("the running model has no manifest; the first pushed model is not self-tested against it");
+            tracing::warn!(
+                "the running model has no manifest; \
+                 the first pushed model is not self-tested against it"
+            );
         }
     }
     Ok(store)

@@ -86,6 +86,11 @@ struct Fixture {
 
 /// A device with `captures` stored captures and an empty model store.
 fn fixture(captures: usize) -> Fixture {
+    fixture_allowing(captures, 5)
+}
+
+/// A fixture whose API allows `max_auth_failures` failed tokens a minute per address.
+fn fixture_allowing(captures: usize, max_auth_failures: u32) -> Fixture {
     let tmp = tempfile::tempdir().unwrap();
     let config = LogConfig {
         dir: tmp.path().join("data"),
@@ -119,7 +124,7 @@ fn fixture(captures: usize) -> Fixture {
         SelfTestConfig::default(),
     )
     .unwrap();
-    let config = ApiConfig { max_auth_failures: 5, ..ApiConfig::default() };
+    let config = ApiConfig { max_auth_failures, ..ApiConfig::default() };
     let state =
         ApiState::new(handles.clone(), store, Token::new(TOKEN), &config, "cam-1", tmp.path())
             .unwrap();
@@ -149,7 +154,9 @@ fn error_text(body: &[u8]) -> String {
 
 #[tokio::test]
 async fn every_v1_route_needs_the_token_and_says_nothing_without_it() {
-    let f = fixture(1);
+    // Six routes, six failures: more than the usual fixture's limit, which would turn the
+    // last answers into 429s.
+    let f = fixture_allowing(1, 10);
     for (method, uri) in [
         (Method::GET, "/v1/status"),
         (Method::GET, "/v1/captures"),
@@ -218,8 +225,9 @@ async fn captures_as_json_and_postcard_then_image_and_ack() {
     assert_eq!(status, StatusCode::NOT_FOUND);
     assert!(error_text(&body).contains("99"));
 
-    let (status, body, _) =
-        send(&f.app, request(Method::POST, "/v1/captures/ack", br#"{"seq":4}"#.to_vec())).await;
+    let mut ack = request(Method::POST, "/v1/captures/ack", br#"{"seq":4}"#.to_vec());
+    ack.headers_mut().insert(header::CONTENT_TYPE, "application/json".parse().unwrap());
+    let (status, body, _) = send(&f.app, ack).await;
     assert_eq!(status, StatusCode::OK, "{}", String::from_utf8_lossy(&body));
     assert_eq!(f.handles.log.lock().unwrap().usage().acked_seq, 4);
     let (_, body, _) = send(&f.app, request(Method::GET, "/v1/status", vec![])).await;

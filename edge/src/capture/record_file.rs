@@ -202,7 +202,9 @@ impl RecordFile {
             file,
             path: path.into(),
             end,
-            dirty: false,
+            // What was read back may sit only in the page cache (the writer died before
+            // its fsync): the first sync must reach the disk before any of it is served.
+            dirty: true,
             #[cfg(test)]
             fail_after_bytes: None,
             #[cfg(test)]

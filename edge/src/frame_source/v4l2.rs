@@ -59,6 +59,8 @@ struct Camera {
     _device: Device,
     width: u32,
     height: u32,
+    /// Bytes per row of a YUYV buffer; drivers may pad rows past `2 * width`.
+    stride: u32,
 }
 
 impl V4l2Source {
@@ -81,11 +83,16 @@ fn open_camera(config: &SourceConfig) -> std::io::Result<Camera> {
         return Err(std::io::Error::new(std::io::ErrorKind::Unsupported, msg));
     }
     if let Err(e) = device.set_params(&v4l::video::capture::Parameters::with_fps(config.fps)) {
-        tracing::warn!(fps = config.fps, error = %e, "camera refused the frame rate; using its own");
+        tracing::warn!(
+            fps = config.fps,
+            error = %e,
+            "camera refused the frame rate; using its own"
+        );
     }
     let mut stream = MmapStream::with_buffers(&device, Type::VideoCapture, 4)?;
     stream.set_timeout(Duration::from_secs_f32(config.timeout_s.max(0.1)));
-    Ok(Camera { stream, _device: device, width: got.width, height: got.height })
+    let stride = got.stride.max(got.width * 2);
+    Ok(Camera { stream, _device: device, width: got.width, height: got.height, stride })
 }
 
 impl FrameSource for V4l2Source {
@@ -100,11 +107,11 @@ impl FrameSource for V4l2Source {
                 self.camera.insert(c)
             }
         };
-        let (width, height) = (camera.width, camera.height);
+        let (width, height, stride) = (camera.width, camera.height, camera.stride);
         let decoded = match camera.stream.next() {
             Ok((buf, meta)) => {
                 let used = (meta.bytesused as usize).min(buf.len());
-                decode(self.config.format, &buf[..used], width, height)
+                decode(self.config.format, &buf[..used], width, height, stride)
             }
             Err(e) => {
                 // Unplugged or stalled: drop the stream so the next call reopens it.
@@ -135,30 +142,35 @@ impl FrameSource for V4l2Source {
     }
 }
 
-/// Turns one camera buffer into pixels.
+/// Turns one camera buffer into pixels; `stride` is the YUYV row length in bytes.
 pub fn decode(
     format: PixelFormat,
     data: &[u8],
     width: u32,
     height: u32,
+    stride: u32,
 ) -> Result<RgbImage, String> {
     match format {
-        PixelFormat::Yuyv => decode_yuyv(data, width, height),
+        PixelFormat::Yuyv => decode_yuyv(data, width, height, stride),
         PixelFormat::Mjpeg => decode_mjpeg(data),
     }
 }
 
-/// Converts packed YUYV (BT.601, limited range) to RGB.
-pub fn decode_yuyv(data: &[u8], width: u32, height: u32) -> Result<RgbImage, String> {
+/// Converts packed YUYV (BT.601, limited range) to RGB. Rows are `stride` bytes apart
+/// (at least `2 * width`; the bytes past a row's pixels are padding and skipped).
+pub fn decode_yuyv(data: &[u8], width: u32, height: u32, stride: u32) -> Result<RgbImage, String> {
     if width == 0 || height == 0 || width % 2 != 0 {
         return Err(format!("YUYV needs an even, non-zero width; got {width}x{height}"));
     }
-    let need = width as usize * height as usize * 2;
+    let row = width as usize * 2;
+    let stride = (stride as usize).max(row);
+    let need = stride * (height as usize - 1) + row;
     if data.len() < need {
         return Err(format!("YUYV {width}x{height} needs {need} bytes, buffer has {}", data.len()));
     }
-    let mut rgb = Vec::with_capacity(need / 2 * 3);
-    for quad in data[..need].chunks_exact(4) {
+    let mut rgb = Vec::with_capacity(row / 2 * 3 * height as usize);
+    let rows = data.chunks(stride).take(height as usize).map(|r| &r[..row]);
+    for quad in rows.flat_map(|r| r.chunks_exact(4)) {
         let (u, v) = (i32::from(quad[1]) - 128, i32::from(quad[3]) - 128);
         for y in [quad[0], quad[2]] {
             let c = 298 * (i32::from(y) - 16);
@@ -305,7 +317,7 @@ mod tests {
     fn yuyv_primaries_come_back_within_rounding() {
         let colours =
             [[255, 0, 0], [0, 255, 0], [0, 0, 255], [255, 255, 255], [0, 0, 0], [120, 60, 200]];
-        let img = decode_yuyv(&yuyv_of(&colours, 12, 2), 12, 2).unwrap();
+        let img = decode_yuyv(&yuyv_of(&colours, 12, 2), 12, 2, 24).unwrap();
         for (i, want) in colours.iter().enumerate() {
             let got = img.get_pixel(2 * i as u32, 0).0;
             for c in 0..3 {
@@ -318,9 +330,26 @@ mod tests {
 
     #[test]
     fn short_or_odd_yuyv_buffers_are_errors() {
-        assert!(decode_yuyv(&[0; 10], 4, 2).unwrap_err().contains("needs 16 bytes"));
-        assert!(decode_yuyv(&[0; 100], 5, 2).is_err());
-        assert!(decode_yuyv(&[16, 128, 16, 128], 2, 1).is_ok());
+        assert!(decode_yuyv(&[0; 10], 4, 2, 8).unwrap_err().contains("needs 16 bytes"));
+        assert!(decode_yuyv(&[0; 100], 5, 2, 10).is_err());
+        assert!(decode_yuyv(&[16, 128, 16, 128], 2, 1, 4).is_ok());
+        // Padded rows: the last row needs no padding after it.
+        assert!(decode_yuyv(&[0; 40], 4, 2, 32).is_ok());
+        assert!(decode_yuyv(&[0; 39], 4, 2, 32).unwrap_err().contains("needs 40 bytes"));
+    }
+
+    #[test]
+    fn padded_yuyv_rows_skip_the_padding() {
+        let colours = [[255, 0, 0], [0, 0, 255]];
+        let tight = yuyv_of(&colours, 4, 2);
+        // 8 pixel bytes per row, padded to 16 with bytes that would decode as green.
+        let mut padded = Vec::new();
+        for r in tight.chunks(8) {
+            padded.extend_from_slice(r);
+            padded.extend_from_slice(&[yuv([0, 255, 0])[0], 0, 0, 0].repeat(2));
+        }
+        let want = decode_yuyv(&tight, 4, 2, 8).unwrap();
+        assert_eq!(decode_yuyv(&padded, 4, 2, 16).unwrap(), want);
     }
 
     fn test_jpeg() -> (RgbImage, Vec<u8>) {

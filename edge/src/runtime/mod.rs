@@ -51,6 +51,9 @@ pub struct RunArgs {
     /// Seconds between periodic status lines.
     #[arg(long)]
     pub status_interval: Option<u64>,
+    /// The HTTP API's address and token (override the config's `[api]` table).
+    #[command(flatten)]
+    pub api: crate::api::ApiArgs,
 }
 
 impl RunArgs {
@@ -76,6 +79,7 @@ impl RunArgs {
         if let Some(s) = self.status_interval {
             config.status.interval_s = s;
         }
+        self.api.apply(&mut config.api);
         config.validate()?;
         Ok(config)
     }
@@ -348,7 +352,12 @@ impl Runtime {
         let now_ms = self.now_ms();
         match result {
             Ok(detection) => {
-                tracing::trace!(origin = %frame.origin, score = detection.score, ms = infer.as_secs_f32() * 1e3, "frame");
+                tracing::trace!(
+                    origin = %frame.origin,
+                    score = detection.score,
+                    ms = infer.as_secs_f32() * 1e3,
+                    "frame"
+                );
                 let manual = self.handles.force_capture.swap(false, Ordering::SeqCst)
                     | self.gpio.button_pressed(now_ms);
                 self.consider(frame, detection, manual, now_ms);
@@ -356,7 +365,11 @@ impl Runtime {
             Err(e) => {
                 self.summary.detect_errors += 1;
                 if self.summary.detect_errors == 1 {
-                    tracing::warn!(origin = %frame.origin, error = %e, "inference failed; frame skipped (further ones: debug)");
+                    tracing::warn!(
+                        origin = %frame.origin,
+                        error = %e,
+                        "inference failed; frame skipped (further ones: debug)"
+                    );
                 } else {
                     tracing::debug!(origin = %frame.origin, error = %e, "inference failed");
                 }
@@ -390,17 +403,18 @@ impl Runtime {
             return;
         }
         let storage = &self.config.storage;
-        let encoded = match capture::encode_jpeg(
-            &frame.image,
-            storage.jpeg_quality,
-            storage.max_side,
-        ) {
-            Ok(e) => e,
-            Err(e) => {
-                tracing::warn!(origin = %frame.origin, error = %e, "frame could not be encoded; not kept");
-                return;
-            }
-        };
+        let encoded =
+            match capture::encode_jpeg(&frame.image, storage.jpeg_quality, storage.max_side) {
+                Ok(e) => e,
+                Err(e) => {
+                    tracing::warn!(
+                        origin = %frame.origin,
+                        error = %e,
+                        "frame could not be encoded; not kept"
+                    );
+                    return;
+                }
+            };
         let draft = CaptureDraft {
             time_ms: wall_ms(),
             reason,
@@ -448,7 +462,11 @@ impl Runtime {
             self.next_store_try = None;
             tracing::info!(was = ?was, "capture resumed");
         } else {
-            tracing::warn!(state = ?state, reason = reason.unwrap_or(""), "capture paused; detection goes on");
+            tracing::warn!(
+                state = ?state,
+                reason = reason.unwrap_or(""),
+                "capture paused; detection goes on"
+            );
         }
         self.handles.status.update(|s| s.capture = state);
     }
@@ -470,7 +488,11 @@ impl Runtime {
         }
         match (self.camera, state) {
             (_, CameraState::Lost) => {
-                tracing::warn!(source = %self.source.describe(), reason = reason.unwrap_or(""), "camera lost; retrying with backoff");
+                tracing::warn!(
+                    source = %self.source.describe(),
+                    reason = reason.unwrap_or(""),
+                    "camera lost; retrying with backoff"
+                );
             }
             (CameraState::Lost, CameraState::Running) => {
                 tracing::info!(source = %self.source.describe(), "camera back");

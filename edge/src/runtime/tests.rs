@@ -237,6 +237,7 @@ fn flags_override_the_config_file() {
         max_frames: None,
         duration: None,
         status_interval: None,
+        api: Default::default(),
     };
     let c = args.resolve().unwrap();
     assert_eq!(c.source.path, PathBuf::from("/dev/video1"));

@@ -1,5 +1,5 @@
 //! The detector's ONNX graph, written layer by layer from a checkpoint's named tensors
-//! (names and layout per `notes/model_contract.md`: torchvision's MobileNetV2 `features`,
+//! (names and layout per `models/README.md`: torchvision's MobileNetV2 `features`,
 //! global max pooling, two dense heads).
 //!
 //! BatchNorm is folded into the convolution or dense layer before it and dropout is

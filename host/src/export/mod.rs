@@ -45,7 +45,7 @@ pub enum ExportError {
     /// A tensor the graph needs is not in the checkpoint.
     #[error(
         "{checkpoint}: no tensor named `{name}` (is this a detector checkpoint? \
-             names follow notes/model_contract.md)"
+             names follow models/README.md)"
     )]
     Missing {
         /// Where the tensors came from.

@@ -66,10 +66,34 @@ enum FeedbackCommand {
 pub fn run(args: FeedbackArgs, data_dir: &Path) -> Result<()> {
     let mut store = open_store(data_dir)?;
     match args.command {
-        FeedbackCommand::Import(a) => import::run(&a, &mut store),
+        FeedbackCommand::Import(a) => {
+            import::run(&a, &mut store)?;
+            keep_criteria(&a.file, data_dir)
+        }
         FeedbackCommand::Export(a) => export::run(&a, &store),
         FeedbackCommand::Report(a) => report::run(&a, &store),
     }
+}
+
+/// The rating scale file the review page shows, inside the data folder.
+pub fn criteria_path(data_dir: &Path) -> PathBuf {
+    data_dir.join("criteria.txt")
+}
+
+/// Copies the `criteria.txt` that reviewers used (beside the imported file, as in the old
+/// project's layout) into the data folder, so the review page shows the same scale.
+fn keep_criteria(imported: &Path, data_dir: &Path) -> Result<()> {
+    let beside = imported.with_file_name("criteria.txt");
+    let Ok(bytes) = std::fs::read(&beside) else {
+        return Ok(());
+    };
+    let kept = criteria_path(data_dir);
+    if std::fs::read(&kept).is_ok_and(|old| old == bytes) {
+        return Ok(());
+    }
+    write_file(&kept, &bytes)?;
+    tracing::info!(from = %beside.display(), to = %kept.display(), "rating scale kept for review");
+    Ok(())
 }
 
 /// Opens the store, naming the folder when that fails.

@@ -35,8 +35,9 @@ pub struct ReviewArgs {
     /// Secret the page and API calls must carry (`?token=` or `Authorization: Bearer`).
     #[arg(long, env = "FDET_REVIEW_TOKEN", value_name = "T")]
     pub token: Option<String>,
-    /// Show this rating scale file (one line per rating, like criteria.txt) instead of the
-    /// built-in one.
+    /// Show this rating scale file (one line per rating, like criteria.txt). Default: the
+    /// `criteria.txt` that `host feedback import` kept in the data folder, else a built-in
+    /// scale with the same thresholds.
     #[arg(long, value_name = "FILE")]
     pub criteria: Option<PathBuf>,
 }
@@ -53,8 +54,10 @@ pub fn run(args: ReviewArgs, data_dir: &Path) -> Result<()> {
     if args.token.as_deref().is_some_and(|t| t.len() < 8) {
         bail!("--token is shorter than 8 characters; use a longer secret");
     }
+    let kept = crate::feedback::criteria_path(data_dir);
     let scale = match &args.criteria {
         Some(path) => read_scale(path)?,
+        None if kept.exists() => read_scale(&kept)?,
         None => DEFAULT_SCALE.iter().map(|s| (*s).to_owned()).collect(),
     };
     let store = crate::feedback::open_store(data_dir)?;

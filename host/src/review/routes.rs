@@ -87,9 +87,13 @@ async fn require_token(
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "));
-    let query = request.uri().query().unwrap_or("");
-    let in_query = query.split('&').find_map(|kv| kv.strip_prefix("token="));
-    let given = bearer.or(in_query).unwrap_or("");
+    // Image requests carry the token in the query (an <img> cannot set headers); the page
+    // percent-encodes it, so it is decoded before the comparison.
+    let query = axum::extract::Query::<std::collections::HashMap<String, String>>::try_from_uri(
+        request.uri(),
+    );
+    let in_query = query.ok().and_then(|q| q.0.get("token").cloned());
+    let given = bearer.map(str::to_owned).or(in_query).unwrap_or_default();
     if constant_time_eq(given.as_bytes(), expected.as_bytes()) {
         Ok(next.run(request).await)
     } else {

@@ -498,13 +498,23 @@ impl Store {
         let sql = "SELECT c.source, c.model_version, c.model_face, c.model_score,
                 c.model_x1, c.model_y1, c.model_x2, c.model_y2,
                 f.no_face, f.x1, f.y1, f.x2, f.y2, f.rating, f.comment, f.time,
-                c.width, c.height
-             FROM feedback f JOIN captures c ON c.id = f.capture_id ORDER BY f.id";
+                c.width, c.height, c.reason, i.file
+             FROM feedback f JOIN captures c ON c.id = f.capture_id
+             JOIN images i ON i.sha256 = c.image_sha256 ORDER BY f.id";
+        let images = self.dir.join(IMAGES_DIR);
         let mut stmt = self.conn.prepare(sql)?;
         let rows = stmt.query_map([], |r| {
             let no_face: bool = r.get(8)?;
+            // Imports keep the path their file named; a pulled capture's `device/image`
+            // names nothing on this disk, so it gets the stored image's own path.
+            let pulled = r.get::<_, Option<String>>(18)?.is_some();
+            let source = if pulled {
+                images.join(r.get::<_, String>(19)?).to_string_lossy().into_owned()
+            } else {
+                r.get(0)?
+            };
             Ok(ExportRow {
-                source: r.get(0)?,
+                source,
                 model_version: r.get(1)?,
                 model_face: r.get(2)?,
                 model_score: r.get(3)?,

@@ -133,3 +133,16 @@ fn reopening_keeps_everything() {
     assert_eq!(store.last_seq("cam-1").unwrap(), Some(5));
     assert_eq!(store.training_feedback().unwrap()[0].capture_id, id);
 }
+
+#[test]
+fn exported_pulled_captures_name_their_stored_image() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut store = Store::open(dir.path()).unwrap();
+    let id = store.add_capture("cam-1", &record(3, 0.4, b"pixels"), b"pixels").unwrap();
+    store.save_feedback(id, &correction(1)).unwrap();
+
+    let rows = store.export_rows().unwrap();
+    let path = Path::new(&rows[0].source);
+    assert!(path.starts_with(dir.path()), "{}", rows[0].source);
+    assert_eq!(std::fs::read(path).unwrap(), b"pixels", "the path opens the stored frame");
+}

@@ -85,11 +85,15 @@
     if (!item) { $("info").replaceChildren(); return; }
     const c = item.capture;
     const f = item.feedback;
+    // `fromModel`: the box is still the model's own, untouched by the reviewer.
     state.draft = f
-      ? { face: f.face, noFace: f.face === null, rating: f.rating, comment: f.comment }
+      ? {
+        face: f.face ? f.face.slice() : null, noFace: f.face === null,
+        rating: f.rating, comment: f.comment, fromModel: false,
+      }
       : {
         face: c.model_face && c.model_box ? c.model_box.slice() : null,
-        noFace: false, rating: null, comment: "",
+        noFace: false, rating: null, comment: "", fromModel: true,
       };
     info(c, f);
     $("comment").value = state.draft.comment;
@@ -239,6 +243,7 @@
     const nx = clamp(px / canvas.width);
     const ny = clamp(py / canvas.height);
     const d = state.draft;
+    d.fromModel = false;
     if (drag.mode === "new") {
       const sx = clamp(drag.start[0] / canvas.width);
       const sy = clamp(drag.start[1] / canvas.height);
@@ -308,6 +313,13 @@
     if (!item || !d) return;
     if (d.rating === null) { status("Choose a rating (0-5) first.", "error"); return; }
     if (!d.noFace && !d.face) { status("Draw the face box, or press N for no face.", "error"); return; }
+    // A low rating says the model's box is wrong; saving it as the correction would teach
+    // the model its own mistake.
+    if (!d.noFace && d.fromModel && d.rating <= 2) {
+      status(`A rating of ${d.rating} says the model's box is wrong: draw the right box, ` +
+        "or press N for no face.", "error");
+      return;
+    }
     const body = {
       face: d.noFace ? null : d.face,
       no_face: d.noFace,

@@ -161,3 +161,13 @@ async fn the_token_guards_the_api_but_not_the_page() {
         .unwrap();
     assert_eq!(call(&f, bearer).await.0, StatusCode::OK);
 }
+
+#[tokio::test]
+async fn a_percent_encoded_token_in_the_query_is_decoded() {
+    let f = fixture(Some("a+b/c=d&e"));
+    // What the page's encodeURIComponent makes of it.
+    let ok = get("/api/queue?limit=5&token=a%2Bb%2Fc%3Dd%26e");
+    assert_eq!(call(&f, ok).await.0, StatusCode::OK);
+    let raw = get("/api/queue?token=a+b/c=d&e");
+    assert_eq!(call(&f, raw).await.0, StatusCode::UNAUTHORIZED);
+}
