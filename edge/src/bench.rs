@@ -134,7 +134,7 @@ fn pipeline(
         let t3 = Instant::now();
         let detection = model.infer(&input).with_context(|| format!("{}", path.display()))?;
         let t4 = Instant::now();
-        keep(&mut log, &frame, detection)?;
+        store_capture(&mut log, &frame, detection)?;
         let t5 = Instant::now();
         stages.decode.push(t1 - t0);
         stages.resize.push(t2 - t1);
@@ -162,7 +162,11 @@ fn scratch_log(dir: &Path) -> Result<CaptureLog> {
 }
 
 /// What `edge run` does with a frame it keeps.
-fn keep(log: &mut CaptureLog, frame: &image::RgbImage, detection: Detection) -> Result<()> {
+fn store_capture(
+    log: &mut CaptureLog,
+    frame: &image::RgbImage,
+    detection: Detection,
+) -> Result<()> {
     let encoded = encode_jpeg(frame, 85, 640).context("encoding the capture")?;
     let draft = CaptureDraft {
         time_ms: 0,

@@ -165,7 +165,7 @@ fn fs_read(path: &Path) -> Result<Vec<u8>, FleetError> {
 #[derive(Debug, Clone, clap::Args)]
 pub struct FleetArg {
     /// Fleet file; default: fleet.toml in the data folder.
-    #[arg(long, value_name = "FILE", env = "FDET_FLEET")]
+    #[arg(long, value_name = "FILE", env = "FDET_FLEET", global = true)]
     pub fleet: Option<PathBuf>,
 }
 

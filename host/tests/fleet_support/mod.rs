@@ -417,6 +417,14 @@ pub fn write_fleet(path: &Path, devices: &[(&EdgeDevice, u16)]) {
 /// repeats if there were any.
 pub fn stored_seqs(data: &Path, device: &str) -> Vec<u64> {
     let db = rusqlite::Connection::open(data.join("feedback.sqlite")).unwrap();
+    // A host killed while creating the store leaves the file without its tables: nothing
+    // stored yet.
+    let tables: i64 = db
+        .query_row("SELECT count(*) FROM sqlite_master WHERE name = 'captures'", [], |r| r.get(0))
+        .unwrap();
+    if tables == 0 {
+        return Vec::new();
+    }
     let mut q = db.prepare("SELECT seq FROM captures WHERE device = ?1 ORDER BY seq").unwrap();
     q.query_map([device], |r| r.get::<_, i64>(0)).unwrap().map(|s| s.unwrap() as u64).collect()
 }
