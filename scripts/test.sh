@@ -7,4 +7,4 @@ scripts/setup.sh
 cargo test --workspace --all-targets "$@"
 # The rppal code behind the `gpio` feature (on by default only for aarch64 builds) is
 # built and its tests run here too: off a Pi it must report "GPIO unavailable", not crash.
-cargo test -p edge --features gpio --lib gpio
+cargo test --workspace --bins --features edge/gpio gpio

@@ -9,7 +9,7 @@
 // The capture modules are compiled into this bench from the edge sources (edge is a
 // binary crate, so there is no library to link); parts the bench does not call are
 // expected to be unused here.
-#![allow(dead_code, missing_docs, clippy::print_stdout, clippy::unwrap_used)]
+#![allow(dead_code, unused_imports, missing_docs, clippy::print_stdout, clippy::unwrap_used)]
 
 #[path = "../src/capture/mod.rs"]
 mod capture;

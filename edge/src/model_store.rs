@@ -102,6 +102,7 @@ pub enum ModelStoreError {
 
 impl ModelStoreError {
     /// Whether the error is the client's (a refused model) rather than the device's.
+    #[cfg(test)]
     pub fn is_refusal(&self) -> bool {
         !matches!(self, ModelStoreError::Io { .. } | ModelStoreError::Corrupt { .. })
     }
@@ -210,11 +211,6 @@ impl ModelStore {
     /// The function that loads the store's models.
     pub fn loader(&self) -> ModelLoader {
         self.loader.clone()
-    }
-
-    /// The store folder.
-    pub fn dir(&self) -> &Path {
-        &self.dir
     }
 
     /// Makes a model that is not in the store (the one `edge run` was started with) the

@@ -78,7 +78,6 @@ pub struct TractDetector {
     version: String,
     threshold: f32,
     path: PathBuf,
-    manifest: Option<ModelManifest>,
 }
 
 impl std::fmt::Debug for TractDetector {
@@ -136,11 +135,11 @@ impl TractDetector {
             version,
             threshold,
             path: onnx_path,
-            manifest,
         })
     }
 
     /// Loads ONNX bytes with no manifest; `what` names them in errors.
+    #[cfg(test)]
     pub fn from_bytes(bytes: &[u8], what: &str, options: ModelOptions) -> Result<Self, ModelError> {
         let spec = InputSpec::default();
         Ok(Self {
@@ -150,18 +149,12 @@ impl TractDetector {
             version: what.to_string(),
             threshold: DEFAULT_THRESHOLD,
             path: PathBuf::from(what),
-            manifest: None,
         })
     }
 
     /// The ONNX file this detector runs.
     pub fn path(&self) -> &Path {
         &self.path
-    }
-
-    /// The manifest the model was loaded with, if it had one.
-    pub fn manifest(&self) -> Option<&ModelManifest> {
-        self.manifest.as_ref()
     }
 
     /// The input size and normalisation the model expects.
@@ -279,7 +272,7 @@ pub fn newest_manifest(dir: &Path) -> Option<PathBuf> {
     let mut best: Option<((u64, bool), PathBuf)> = None;
     for entry in std::fs::read_dir(dir).ok()?.flatten() {
         let path = entry.path();
-        if !path.extension().is_some_and(|e| e == "json") {
+        if path.extension().is_none_or(|e| e != "json") {
             continue;
         }
         // Other JSON files may sit there (READMEs' data, notes): only manifests count.

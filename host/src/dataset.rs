@@ -181,7 +181,7 @@ fn part_for(split: &str, path: &Path) -> Option<Part> {
         "train" => Some(Part::Train),
         "validation" | "val" => {
             let name = path.file_name().map(|n| n.to_string_lossy().into_owned());
-            Some(if fnv1a(name.unwrap_or_default().as_bytes()).is_multiple_of(2) {
+            Some(if fnv1a(name.unwrap_or_default().as_bytes()) % 2 == 0 {
                 Part::Val
             } else {
                 Part::Test

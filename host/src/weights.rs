@@ -318,7 +318,7 @@ fn pop_mark(stack: &mut Vec<Value>, r: &Reader<'_>) -> Result<Vec<Value>, Weight
 }
 
 fn dict_insert(stack: &mut [Value], items: Vec<Value>, r: &Reader<'_>) -> Result<(), WeightsError> {
-    if !items.len().is_multiple_of(2) {
+    if items.len() % 2 != 0 {
         return Err(r.malformed("odd number of dict items"));
     }
     let Some(Value::Dict(d)) = stack.last_mut() else {

@@ -97,9 +97,6 @@ pub enum CaptureLogError {
         /// The data folder.
         dir: PathBuf,
     },
-    /// No live capture has this sequence number.
-    #[error("no capture with sequence number {0}")]
-    NoSuchCapture(u64),
 }
 
 impl CaptureLogError {
@@ -340,14 +337,11 @@ impl CaptureLog {
         self.get(seq).map(|r| self.images.join(&r.image))
     }
 
-    /// The JPEG bytes of a live capture.
-    ///
-    /// Reads the file while the caller holds the log; for large images prefer
-    /// [`Self::image_path`] and read outside the lock (an eviction in between then shows
-    /// up as a not-found error, which is the truth).
-    pub fn read_image(&self, seq: u64) -> Result<Vec<u8>, CaptureLogError> {
-        let path = self.image_path(seq).ok_or(CaptureLogError::NoSuchCapture(seq))?;
-        fs::read(&path).map_err(io_err(&path, "read image"))
+    /// The JPEG bytes of a live capture (tests; the API reads [`Self::image_path`] outside
+    /// the lock).
+    #[cfg(test)]
+    pub fn read_image(&self, seq: u64) -> Option<Vec<u8>> {
+        fs::read(self.image_path(seq)?).ok()
     }
 
     /// Records that the host holds every capture up to `seq`; returns the acknowledged
@@ -372,11 +366,6 @@ impl CaptureLog {
             last_seq: durable.map(|s| s.record.seq),
             acked_seq: self.state.acked,
         }
-    }
-
-    /// The data folder.
-    pub fn dir(&self) -> &Path {
-        &self.config.dir
     }
 
     fn check_free_space(&mut self) -> Result<(), CaptureLogError> {
@@ -585,8 +574,6 @@ pub struct LogView {
     pub records: Vec<CaptureRecord>,
     /// Highest acknowledged sequence number.
     pub acked: u64,
-    /// Lowest live sequence number (0 before any eviction).
-    pub first_live: u64,
     /// The scan's complaint about the end of the record file, if any.
     pub tail: Option<(u64, record_file::TailProblem)>,
 }
@@ -604,13 +591,7 @@ impl LogView {
         };
         let tail = scan.problem.map(|p| (scan.good_len, p));
         let records = scan.records.into_iter().filter(|r| r.seq >= state.first_live).collect();
-        Ok(LogView {
-            dir: dir.into(),
-            records,
-            acked: state.acked,
-            first_live: state.first_live,
-            tail,
-        })
+        Ok(LogView { dir: dir.into(), records, acked: state.acked, tail })
     }
 
     /// Full path of a record's image.

@@ -269,13 +269,9 @@ impl RecordFile {
     }
 
     /// Current length of the file in bytes.
+    #[cfg(test)]
     pub fn len(&self) -> u64 {
         self.end
-    }
-
-    /// Whether the file holds no records.
-    pub fn is_empty(&self) -> bool {
-        self.end <= MAGIC.len() as u64
     }
 
     /// Replaces the file with one holding exactly `records`, crash-safely: the new file is

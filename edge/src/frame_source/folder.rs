@@ -52,6 +52,7 @@ impl FolderSource {
     }
 
     /// Number of images in the folder.
+    #[cfg(test)]
     pub fn len(&self) -> usize {
         self.files.len()
     }

@@ -134,6 +134,7 @@ pub struct RuntimeHandles {
 
 impl RuntimeHandles {
     /// Asks for the next frame to be stored as a manual capture.
+    #[cfg(test)]
     pub fn request_capture(&self) {
         self.force_capture.store(true, Ordering::SeqCst);
     }

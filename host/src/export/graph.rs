@@ -248,6 +248,7 @@ fn linear(ck: &Checkpoint, name: &str, shape: [usize; 2]) -> Result<Folded, Expo
 
 /// Every tensor name the graph reads, with its shape: what a checkpoint must hold.
 /// Used by tests to make checkpoints and by the exporter to report what is missing.
+#[cfg(test)]
 pub fn expected_parameters() -> Vec<(String, Vec<usize>)> {
     let mut out = Vec::new();
     let mut conv_bn = |prefix: &str, conv: &str, bn: &str, shape: [usize; 4]| {

@@ -76,6 +76,7 @@ pub struct Checkpoint {
 
 impl Checkpoint {
     /// Tensors from any source; `origin` names it in errors.
+    #[cfg(test)]
     pub fn from_params(origin: &str, params: BTreeMap<String, Param>) -> Self {
         Self { origin: origin.to_string(), params }
     }

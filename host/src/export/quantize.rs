@@ -34,6 +34,7 @@ pub fn quantize_per_channel(param: &Param) -> Quantized {
 }
 
 /// The float tensor the quantized form stands for (what DequantizeLinear computes).
+#[cfg(test)]
 pub fn dequantize(q: &Quantized) -> Vec<f32> {
     let per_channel = q.values.len() / q.scales.len().max(1);
     q.values

@@ -182,7 +182,7 @@ pub fn write_model(dir: &Path, name: &str, number: u64, onnx: &[u8]) -> PathBuf 
     let file = format!("{name}.onnx");
     std::fs::write(dir.join(&file), onnx).unwrap();
     let manifest = ModelManifest {
-        version: format!("{name}"),
+        version: name.to_string(),
         version_number: number,
         file,
         sha256: sha256_hex(onnx),
