@@ -303,24 +303,32 @@ async fn store_in_order(
     let (store, owned_device) = (store.clone(), device.to_string());
     let outcome = tokio::task::spawn_blocking(move || {
         let mut store = store.lock().unwrap_or_else(|p| p.into_inner());
-        let mut done = (None, 0u64, 0u64);
-        for (record, image) in &ready {
-            if let Some(image) = image {
-                store.add_capture(&owned_device, record, image).map_err(|source| {
-                    SyncError::Store { device: owned_device.clone(), seq: record.seq, source }
-                })?;
-                done.1 += 1;
-            } else {
-                tracing::debug!(
-                    device = %owned_device,
-                    seq = record.seq,
-                    "capture evicted before its image was fetched"
-                );
-                done.2 += 1;
+        let committed = store.in_transaction(|store| {
+            let mut done = (None, 0u64, 0u64);
+            for (record, image) in &ready {
+                if let Some(image) = image {
+                    store.add_capture(&owned_device, record, image).map_err(|source| {
+                        SyncError::Store { device: owned_device.clone(), seq: record.seq, source }
+                    })?;
+                    done.1 += 1;
+                } else {
+                    tracing::debug!(
+                        device = %owned_device,
+                        seq = record.seq,
+                        "capture evicted before its image was fetched"
+                    );
+                    done.2 += 1;
+                }
+                done.0 = Some(record.seq);
             }
-            done.0 = Some(record.seq);
-        }
-        Ok::<_, SyncError>(done)
+            Ok::<_, SyncError>(done)
+        });
+        let last = ready.last().map_or(0, |(r, _)| r.seq);
+        committed.map_err(|source| SyncError::Store {
+            device: owned_device.clone(),
+            seq: last,
+            source,
+        })?
     })
     .await
     .map_err(|source| SyncError::Task { device: device.to_string(), source })??;

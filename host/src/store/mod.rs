@@ -377,6 +377,28 @@ impl Store {
         Ok(id)
     }
 
+    /// Runs `f` in one SQLite transaction: one commit (one fsync of the journal) for a
+    /// whole page of captures instead of one per capture. When `f` fails nothing of it
+    /// stays in the database (its error comes back inside `Ok`); image files already
+    /// written stay as unreferenced files, which a later store of the same image reuses.
+    /// The outer error is the transaction's own (begin or commit).
+    pub fn in_transaction<T, E>(
+        &mut self,
+        f: impl FnOnce(&mut Self) -> Result<T, E>,
+    ) -> Result<Result<T, E>, StoreError> {
+        self.conn.execute_batch("BEGIN IMMEDIATE")?;
+        match f(self) {
+            Ok(value) => {
+                self.conn.execute_batch("COMMIT")?;
+                Ok(Ok(value))
+            }
+            Err(e) => {
+                self.conn.execute_batch("ROLLBACK")?;
+                Ok(Err(e))
+            }
+        }
+    }
+
     #[allow(dead_code)] // Part of `add_capture`.
     fn capture_by_seq(&self, device: &str, seq: u64) -> Result<Option<CaptureId>, StoreError> {
         let sql = "SELECT id FROM captures WHERE device = ?1 AND seq = ?2";
