@@ -23,6 +23,7 @@ use shared::{CaptureReason, Detection};
 
 use crate::capture::budget::Budget;
 use crate::capture::{encode_jpeg, CaptureDraft, CaptureLog, LogConfig};
+use crate::config::StorageConfig;
 use crate::detect::images_in;
 use crate::onnx_model::{default_model, ModelOptions, TractDetector};
 
@@ -123,7 +124,8 @@ fn pipeline(
     let mut stages = Stages::default();
     let mut prepared = Vec::new();
     let scratch = tempfile::tempdir().context("cannot create a scratch capture log")?;
-    let mut log = scratch_log(scratch.path())?;
+    let storage = StorageConfig::default();
+    let mut log = scratch_log(scratch.path(), &storage)?;
     for path in photos {
         let t0 = Instant::now();
         let frame = load_image(path)?;
@@ -134,7 +136,7 @@ fn pipeline(
         let t3 = Instant::now();
         let detection = model.infer(&input).with_context(|| format!("{}", path.display()))?;
         let t4 = Instant::now();
-        store_capture(&mut log, &frame, detection)?;
+        store_capture(&mut log, &storage, &frame, detection)?;
         let t5 = Instant::now();
         stages.decode.push(t1 - t0);
         stages.resize.push(t2 - t1);
@@ -149,25 +151,27 @@ fn pipeline(
     Ok((stages, prepared))
 }
 
-/// A capture log in `dir` with `edge run`'s default settings (fsync at most once a second,
-/// JPEG quality 85 at most 640 px).
-fn scratch_log(dir: &Path) -> Result<CaptureLog> {
+/// A capture log in `dir` with `edge run`'s default storage settings, without the budget
+/// (the bench must not evict) or the free-space floor.
+fn scratch_log(dir: &Path, storage: &StorageConfig) -> Result<CaptureLog> {
     let config = LogConfig {
         dir: dir.to_path_buf(),
-        fsync_interval: Duration::from_secs(1),
         budget: Budget { max_bytes: u64::MAX, max_count: usize::MAX },
         min_free_bytes: 0,
+        ..storage.log_config()
     };
     Ok(CaptureLog::open(config).context("cannot open the scratch capture log")?.0)
 }
 
-/// What `edge run` does with a frame it keeps.
+/// What `edge run` does with a frame it keeps, with the same JPEG settings.
 fn store_capture(
     log: &mut CaptureLog,
+    storage: &StorageConfig,
     frame: &image::RgbImage,
     detection: Detection,
 ) -> Result<()> {
-    let encoded = encode_jpeg(frame, 85, 640).context("encoding the capture")?;
+    let encoded = encode_jpeg(frame, storage.jpeg_quality, storage.max_side)
+        .context("encoding the capture")?;
     let draft = CaptureDraft {
         time_ms: 0,
         reason: CaptureReason::Uncertain,
