@@ -3,6 +3,7 @@
 
 mod accel;
 mod augment;
+mod average;
 mod dataset;
 mod evaluate;
 mod model;
@@ -52,6 +53,8 @@ enum Command {
     Export(export::ExportArgs),
     /// Fine-tune the detector on the seed data (or run the seed's grid with --grid).
     Train(Box<train::TrainArgs>),
+    /// Average checkpoints of one run, weight by weight, into one checkpoint.
+    Average(average::AverageArgs),
     /// Figures of a checkpoint on the held-out seed images and the real photos.
     Evaluate(evaluate::EvaluateArgs),
     /// Import, export and summarise reviewers' feedback.
@@ -81,6 +84,7 @@ fn main() -> Result<()> {
         }
         Command::Export(args) => export::run(args),
         Command::Train(args) => train::run(*args),
+        Command::Average(args) => average::run(args),
         Command::Evaluate(args) => evaluate::run(args),
         Command::Feedback(args) => feedback::run(args, &cli.data),
         Command::Review(args) => review::run(args, &cli.data),

@@ -705,7 +705,7 @@ fn append(path: &Path, row: &str) -> Result<()> {
 }
 
 /// Writes to `<name>.tmp.safetensors` and renames, so readers never see half a file.
-fn save_atomic(vs: &nn::VarStore, path: &Path) -> Result<()> {
+pub(crate) fn save_atomic(vs: &nn::VarStore, path: &Path) -> Result<()> {
     let tmp = path.with_extension("tmp.safetensors");
     vs.save(&tmp).with_context(|| format!("writing {}", tmp.display()))?;
     std::fs::rename(&tmp, path).with_context(|| format!("renaming to {}", path.display()))

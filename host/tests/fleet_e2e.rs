@@ -25,6 +25,7 @@ fn three_devices(root: &Path, key: &str) -> Vec<EdgeDevice> {
                 trusted_key: key.to_string(),
                 per_minute: 20,
                 fps: 40,
+                repeat: true,
             };
             EdgeDevice::start(&root.join("devices"), &setup)
         })

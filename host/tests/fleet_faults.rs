@@ -30,6 +30,7 @@ fn one_device(root: &Path, per_minute: u32, frame_side: u32) -> (EdgeDevice, Str
         trusted_key: key.clone(),
         per_minute,
         fps: 200,
+        repeat: true,
     };
     let mut device = EdgeDevice::start(&root.join("devices"), &setup);
     device.wait_ready();

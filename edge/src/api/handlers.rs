@@ -104,9 +104,8 @@ pub async fn ack(
     })?;
     let acked = state
         .lock_log()
-        .ack(ack.seq)
+        .ack(ack.seq, now_ms())
         .map_err(|e| ApiError::Internal(format!("acknowledging {}: {e}", ack.seq)))?;
-    state.last_sync_ms.store(now_ms(), Ordering::Relaxed);
     state.handles.status.update(|s| s.acked_seq = acked);
     tracing::info!(asked = ack.seq, acked, "host acknowledged captures");
     Ok(Json(Ack { seq: acked }))

@@ -27,7 +27,6 @@ mod tests;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -135,7 +134,6 @@ pub struct ApiState {
     token: Token,
     limiter: Arc<AuthLimiter>,
     metrics: Arc<ApiMetrics>,
-    last_sync_ms: Arc<AtomicI64>,
     device_id: Arc<str>,
     data_dir: Arc<Path>,
 }
@@ -164,7 +162,6 @@ impl ApiState {
             token,
             limiter: Arc::new(AuthLimiter::new(config.max_auth_failures)),
             metrics: Arc::new(ApiMetrics::default()),
-            last_sync_ms: Arc::new(AtomicI64::new(0)),
             device_id: device_id.into(),
             data_dir: data_dir.into(),
         })
@@ -179,7 +176,6 @@ impl ApiState {
         let runtime = self.handles.status.snapshot();
         let usage = self.lock_log().usage();
         let active = self.active.lock().unwrap_or_else(|p| p.into_inner()).clone();
-        let last_sync = self.last_sync_ms.load(Ordering::Relaxed);
         DeviceStatus {
             device_id: self.device_id.to_string(),
             model_version: active
@@ -195,7 +191,7 @@ impl ApiState {
             last_seq: usage.last_seq,
             acked_seq: usage.acked_seq,
             free_disk_bytes: crate::capture::log::free_bytes(&self.data_dir).ok(),
-            last_sync_ms: (last_sync > 0).then_some(last_sync),
+            last_sync_ms: usage.last_ack_ms,
             camera: label(&runtime.camera),
             capture: label(&runtime.capture),
         }

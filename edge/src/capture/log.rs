@@ -4,8 +4,9 @@
 //! Folder layout under the data directory:
 //!
 //! - `captures.log`: the append-only [`record_file`](super::record_file);
-//! - `captures.state`: `{"acked": N, "first_live": M}`, replaced atomically (temp file,
-//!   fsync, rename, fsync folder): the host's acknowledgement and the eviction point;
+//! - `captures.state`: `{"acked": N, "first_live": M, "acked_at_ms": T}`, replaced
+//!   atomically (temp file, fsync, rename, fsync folder): the host's acknowledgement, when
+//!   it last came (the device's "last sync", kept across restarts) and the eviction point;
 //! - `images/<seq>.jpg`: one JPEG per record, written as `images/.<seq>.jpg.tmp`, synced,
 //!   renamed and the folder synced *before* its record is appended, so a record never
 //!   points at a missing image;
@@ -169,12 +170,17 @@ pub struct LogUsage {
     pub last_seq: Option<u64>,
     /// Highest sequence number the host acknowledged.
     pub acked_seq: u64,
+    /// When the host last acknowledged (ms since the Unix epoch), even if nothing was new.
+    pub last_ack_ms: Option<i64>,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 struct State {
     acked: u64,
     first_live: u64,
+    // Absent in state files written before it existed.
+    #[serde(default)]
+    acked_at_ms: Option<i64>,
 }
 
 #[derive(Debug, Clone)]
@@ -344,15 +350,15 @@ impl CaptureLog {
         fs::read(self.image_path(seq)?).ok()
     }
 
-    /// Records that the host holds every capture up to `seq`; returns the acknowledged
-    /// sequence number now in force (clamped to the last durable record, never lowered).
-    pub fn ack(&mut self, seq: u64) -> Result<u64, CaptureLogError> {
+    /// Records that the host holds every capture up to `seq`, at `now_ms`; returns the
+    /// acknowledged sequence number now in force (clamped to the last durable record, never
+    /// lowered). The time is written even when nothing new is acknowledged: a sync that
+    /// found nothing is still a sync.
+    pub fn ack(&mut self, seq: u64, now_ms: i64) -> Result<u64, CaptureLogError> {
         let acked = seq.min(self.synced_seq).max(self.state.acked);
-        if acked != self.state.acked {
-            let state = State { acked, ..self.state };
-            write_state(&self.config.dir, state)?;
-            self.state = state;
-        }
+        let state = State { acked, acked_at_ms: Some(now_ms), ..self.state };
+        write_state(&self.config.dir, state)?;
+        self.state = state;
         Ok(acked)
     }
 
@@ -365,6 +371,7 @@ impl CaptureLog {
             first_seq: self.live.front().map(|s| s.record.seq),
             last_seq: durable.map(|s| s.record.seq),
             acked_seq: self.state.acked,
+            last_ack_ms: self.state.acked_at_ms,
         }
     }
 
@@ -419,7 +426,7 @@ impl CaptureLog {
             return Ok(());
         };
         let first_live = last.record.seq + 1;
-        let state = State { first_live, acked: self.state.acked };
+        let state = State { first_live, ..self.state };
         write_state(&self.config.dir, state)?;
         self.state = state;
         for s in self.live.drain(..ev.count) {
@@ -698,16 +705,28 @@ mod tests {
         assert_eq!(all.iter().map(|r| r.seq).collect::<Vec<_>>(), vec![1, 2, 3, 4, 5]);
         assert_eq!(log.after(3, 1).len(), 1);
         assert_eq!(log.read_image(2).unwrap(), jpeg(1));
-        assert_eq!(log.ack(3).unwrap(), 3);
-        assert_eq!(log.ack(99).unwrap(), 5, "ack clamps to the last record");
+        assert_eq!(log.usage().last_ack_ms, None);
+        assert_eq!(log.ack(3, 1_000).unwrap(), 3);
+        assert_eq!(log.ack(99, 2_000).unwrap(), 5, "ack clamps to the last record");
         drop(log);
 
         let (mut log, rec) = CaptureLog::open(config(dir.path())).unwrap();
         assert_eq!(rec.records, 5);
         assert_eq!(log.usage().acked_seq, 5);
+        assert_eq!(log.usage().last_ack_ms, Some(2_000), "last sync survives a restart");
         let r = log.append(draft(0.4), &jpeg(9)).unwrap();
         assert_eq!(r.seq, 6, "sequence continues across restarts");
         assert!(LogView::read(dir.path()).unwrap().verify().is_empty());
+    }
+
+    #[test]
+    fn a_state_file_from_before_the_ack_time_still_opens() {
+        let dir = tempfile::tempdir().unwrap();
+        fs::write(dir.path().join(STATE_FILE), br#"{"acked":2,"first_live":0}"#).unwrap();
+        let (mut log, _) = CaptureLog::open(config(dir.path())).unwrap();
+        assert_eq!(log.usage().acked_seq, 2);
+        assert_eq!(log.usage().last_ack_ms, None);
+        assert_eq!(log.append(draft(0.5), &jpeg(1)).unwrap().seq, 3);
     }
 
     #[test]
@@ -718,7 +737,7 @@ mod tests {
         let (mut log, _) = CaptureLog::open(cfg).unwrap();
         log.append(draft(0.5), &jpeg(1)).unwrap();
         assert!(log.after(0, 10).is_empty());
-        assert_eq!(log.ack(1).unwrap(), 0);
+        assert_eq!(log.ack(1, 1_000).unwrap(), 0);
         log.sync().unwrap();
         assert_eq!(log.after(0, 10).len(), 1);
     }
@@ -770,7 +789,7 @@ mod tests {
         let err = log.append(draft(0.5), &jpeg(2)).unwrap_err();
         assert!(err.is_space() && matches!(err, CaptureLogError::LowSpace { .. }), "{err}");
         assert_eq!(log.usage().count, 1, "unacknowledged captures are not evicted for space");
-        log.ack(1).unwrap();
+        log.ack(1, 1_000).unwrap();
         assert!(log.append(draft(0.5), &jpeg(2)).is_err());
         assert_eq!(log.usage().count, 0, "acknowledged ones are");
     }

@@ -111,6 +111,8 @@ pub struct RunSummary {
     pub detect_errors: u64,
     /// Times the camera was lost.
     pub outages: u64,
+    /// The source has no more frames (a folder played once).
+    pub source_ended: bool,
 }
 
 /// `edge run`.
@@ -129,6 +131,17 @@ pub fn run(args: RunArgs) -> Result<()> {
     }
     let services = start_services(&config, handles.clone())?;
     let summary = runtime.run(args.limits())?;
+    if summary.source_ended && !services.is_empty() {
+        // A folder played once has nothing more to detect, but its captures still wait
+        // for the host: keep the API up until told to stop.
+        tracing::info!(
+            captures = summary.captures,
+            "source ended; the API keeps serving until SIGTERM"
+        );
+        while !handles.is_shutting_down() {
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
     handles.shutdown.store(true, Ordering::SeqCst);
     for service in services {
         if service.join().is_err() {
@@ -321,6 +334,7 @@ impl Runtime {
             Err(SourceError::Exhausted) => {
                 tracing::info!(source = %self.source.describe(), "source has no more frames");
                 self.set_camera(CameraState::Finished, None);
+                self.summary.source_ended = true;
                 return false;
             }
             Err(SourceError::BadFrame { what, reason }) => {

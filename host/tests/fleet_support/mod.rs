@@ -65,10 +65,25 @@ pub fn text(out: &Output) -> String {
 }
 
 /// Writes `n` JPEG frames of `w` x `h`, alternating bright and dark, with noise so that
-/// no two are alike (`quality` sets their size).
+/// no two are alike.
 pub fn write_frames(dir: &Path, n: usize, w: u32, h: u32, bright_share: f32) -> PathBuf {
+    write_noisy_frames(dir, n, (w, h), bright_share, 30, 0)
+}
+
+/// Writes `n` JPEG frames of `size` like [`write_frames`], with noise of +-`noise` levels
+/// (it sets how large the JPEGs are) drawn from `seed`, so that two folders written with
+/// different seeds share no frame.
+pub fn write_noisy_frames(
+    dir: &Path,
+    n: usize,
+    (w, h): (u32, u32),
+    bright_share: f32,
+    noise: u32,
+    seed: u32,
+) -> PathBuf {
     std::fs::create_dir_all(dir).unwrap();
-    let mut state = 0x2545_f491_u32;
+    let mut state = 0x2545_f491_u32 ^ seed.wrapping_mul(0x9e37_79b9);
+    let span = 2 * noise + 1;
     for i in 0..n {
         let bright = (i as f32 + 0.5) / n as f32 <= bright_share;
         let base: i32 = if bright { 190 } else { 40 };
@@ -76,7 +91,7 @@ pub fn write_frames(dir: &Path, n: usize, w: u32, h: u32, bright_share: f32) -> 
             state ^= state << 13;
             state ^= state >> 17;
             state ^= state << 5;
-            let v = |s: u32| (base + (s % 61) as i32 - 30).clamp(0, 255) as u8;
+            let v = |s: u32| (base + (s % span) as i32 - noise as i32).clamp(0, 255) as u8;
             Rgb([v(state), v(state >> 8), v(state >> 16)])
         });
         img.save_with_format(dir.join(format!("frame-{i:03}.jpg")), ImageFormat::Jpeg).unwrap();
@@ -213,6 +228,8 @@ pub struct DeviceSetup {
     pub per_minute: u32,
     /// Frames per second read from the folder.
     pub fps: u32,
+    /// Play the folder again after its last frame.
+    pub repeat: bool,
 }
 
 /// One `edge run` process serving its API on a loopback port.
@@ -229,22 +246,28 @@ pub struct EdgeDevice {
 impl EdgeDevice {
     /// Writes the device's config and token under `root/<name>` and starts it.
     pub fn start(root: &Path, setup: &DeviceSetup) -> Self {
+        Self::start_with_api(root, setup, "")
+    }
+
+    /// [`EdgeDevice::start`] with `api_lines` (TOML) added to the config's `[api]` table.
+    pub fn start_with_api(root: &Path, setup: &DeviceSetup, api_lines: &str) -> Self {
         let dir = root.join(&setup.name);
         std::fs::create_dir_all(&dir).unwrap();
         std::fs::write(dir.join("token"), format!("{TOKEN}\n")).unwrap();
         let port = free_port();
         let config = format!(
             "[model]\npath = {model:?}\n\
-             [source]\npath = {frames:?}\nfps = {fps}\nrepeat = true\n\
+             [source]\npath = {frames:?}\nfps = {fps}\nrepeat = {repeat}\n\
              [capture]\nband = [0.0, 1.0]\nconfident_sample_rate = 0.0\nmax_per_minute = {pm}\n\
              duplicate_distance = 0\nduplicate_history = 0\n\
              [storage]\ndata_dir = {data:?}\nfsync_interval_ms = 0\nmin_free_bytes = 0\n\
              [status]\ninterval_s = 3600\n\
              [api]\nlisten = \"127.0.0.1:{port}\"\ntoken_file = {token:?}\ndevice_id = {name:?}\n\
-             trusted_keys = [{key:?}]\n",
+             trusted_keys = [{key:?}]\n{api_lines}",
             model = setup.model.display().to_string(),
             frames = setup.frames.display().to_string(),
             fps = setup.fps,
+            repeat = setup.repeat,
             pm = setup.per_minute,
             data = dir.join("data").display().to_string(),
             token = dir.join("token").display().to_string(),
@@ -313,6 +336,19 @@ impl EdgeDevice {
                 return s["last_seq"].as_u64().unwrap();
             }
             assert!(start.elapsed() < Duration::from_secs(120), "{}: only {s}", self.name);
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Waits until `GET /v1/status` reports the camera `state` ("running", "finished").
+    pub fn wait_camera(&self, state: &str) {
+        let start = Instant::now();
+        loop {
+            let s = self.status();
+            if s["camera"] == state {
+                return;
+            }
+            assert!(start.elapsed() < Duration::from_secs(120), "{}: {s}", self.name);
             std::thread::sleep(Duration::from_millis(100));
         }
     }
