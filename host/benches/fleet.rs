@@ -27,9 +27,7 @@ fn main() {
     let tmp = tempfile::tempdir().unwrap();
     let root = tmp.path();
     let data = root.join("host-data");
-    let out = host(&data, &["keys", "init"]);
-    assert!(out.status.success(), "{}", text(&out));
-    let key = String::from_utf8(out.stdout).unwrap().trim().to_string();
+    let key = init_keys(&data);
     // Every device gets frames of its own, one per capture, so that no two captures share
     // an image: the host stores images by content, and repeated frames would be written
     // once and make the store look cheaper than a real fleet's. 640x480 noisy frames

@@ -18,8 +18,8 @@ use crate::keys;
 /// `host push` flags.
 #[derive(Debug, Clone, clap::Args)]
 pub struct PushArgs {
-    /// The model's manifest (`models/<name>.onnx.json` from `host export`); the ONNX file
-    /// it names sits beside it.
+    /// The model's manifest (`models/<name>.json` or `<name>.int8.json` from `host
+    /// export`); the ONNX file it names sits beside it.
     #[arg(long, value_name = "FILE.json")]
     pub model: PathBuf,
     /// Only these devices (repeatable); default: every device of the fleet.
@@ -99,7 +99,8 @@ pub fn run(args: PushArgs, data: &Path) -> Result<()> {
     );
     let devices = args.fleet.load(data)?.select(&args.devices)?;
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
-    let outcomes = runtime.block_on(push_all(&devices, bundle.to_bytes()))?;
+    let sha256 = bundle.manifest.sha256.clone();
+    let outcomes = runtime.block_on(push_all(&devices, bundle.to_bytes(), sha256))?;
     report(&outcomes)
 }
 
@@ -112,17 +113,55 @@ pub fn run_rollback(args: RollbackArgs, data: &Path) -> Result<()> {
     report(&outcomes)
 }
 
-/// Sends `bundle` to every device at once; returns each outcome and how long it took.
+/// Sends `bundle` (whose ONNX file has `sha256`) to every device at once; returns each
+/// outcome and how long it took.
+///
+/// A device installs before it answers, so an answer lost on the way (connection cut,
+/// timeout) does not mean the push failed: such a device is asked for its status, and if
+/// it runs the pushed model now, it counts as accepted.
 pub async fn push_all(
     devices: &[Device],
     bundle: Vec<u8>,
+    sha256: String,
 ) -> Result<Vec<(String, Outcome, Duration)>> {
     let bundle = Arc::new(bundle);
+    let sha256 = Arc::new(sha256);
     on_all(devices, move |client| {
         let bundle = bundle.clone();
-        async move { client.put_model(bundle.as_ref().clone()).await }
+        let sha256 = sha256.clone();
+        async move {
+            match client.put_model(bundle.as_ref().clone()).await {
+                Err(CallError::Unreachable(lost)) => confirm(&client, &sha256, lost).await,
+                answered => answered,
+            }
+        }
     })
     .await
+}
+
+/// After a lost answer: accepted if the device's status shows the model `sha256`, else
+/// the original `lost` error.
+async fn confirm(
+    client: &DeviceClient,
+    sha256: &str,
+    lost: String,
+) -> Result<ModelReply, CallError> {
+    let status = match client.status().await {
+        Ok(status) if status.model_sha256.as_deref() == Some(sha256) => status,
+        _ => return Err(CallError::Unreachable(lost)),
+    };
+    tracing::warn!(
+        device = %client.device.name,
+        version = %status.model_version,
+        lost = %lost,
+        "the device's answer to the push was lost, but its status shows the new model"
+    );
+    Ok(ModelReply {
+        version: status.model_version,
+        version_number: status.model_version_number,
+        sha256: sha256.to_string(),
+        replaced: None,
+    })
 }
 
 async fn on_all<F, Fut>(devices: &[Device], call: F) -> Result<Vec<(String, Outcome, Duration)>>
@@ -172,4 +211,96 @@ fn report(outcomes: &[(String, Outcome, Duration)]) -> Result<()> {
         anyhow::bail!("{failed} of {} devices did not take the change", outcomes.len());
     }
     Ok(())
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use std::io::{Read, Write};
+    use std::net::TcpListener;
+
+    use shared::protocol::DeviceStatus;
+
+    use super::*;
+    use crate::fleet::Fleet;
+
+    /// A device on a loopback port that cuts every `PUT` before answering and reports
+    /// `active_sha256` as its model on `GET /v1/status`.
+    fn cutting_device(dir: &Path, active_sha256: &str) -> Device {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let status = DeviceStatus {
+            device_id: "gate-west".into(),
+            model_version: "2026-12-04-2".into(),
+            model_version_number: 2,
+            model_sha256: Some(active_sha256.into()),
+            uptime_s: 1,
+            fps: 0.0,
+            inference_ms: 0.0,
+            captures_stored: 0,
+            capture_bytes: 0,
+            last_seq: None,
+            acked_seq: 0,
+            free_disk_bytes: None,
+            last_sync_ms: None,
+            camera: "running".into(),
+            capture: "active".into(),
+        };
+        let body = serde_json::to_vec(&status).unwrap();
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                let mut stream = stream.unwrap();
+                let mut head = [0u8; 1024];
+                let n = stream.read(&mut head).unwrap_or(0);
+                if head[..n].starts_with(b"GET /v1/status") {
+                    let reply = format!(
+                        "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n\
+                         content-length: {}\r\nconnection: close\r\n\r\n",
+                        body.len()
+                    );
+                    let _ = stream.write_all(reply.as_bytes());
+                    let _ = stream.write_all(&body);
+                }
+                // Anything else: dropped without a word, as a cut cable would.
+            }
+        });
+        std::fs::write(dir.join("token"), "fleet-test-token-0123456789").unwrap();
+        let fleet = dir.join("fleet.toml");
+        let text = format!(
+            "[[device]]\nname = \"gate-west\"\nurl = \"http://127.0.0.1:{port}\"\n\
+             token_file = \"token\"\n"
+        );
+        std::fs::write(&fleet, text).unwrap();
+        Fleet::load(&fleet).unwrap().devices.remove(0)
+    }
+
+    fn push_to(device: Device, sha256: &str) -> Outcome {
+        let runtime = tokio::runtime::Runtime::new().unwrap();
+        let mut outcomes =
+            runtime.block_on(push_all(&[device], b"bundle".to_vec(), sha256.to_string())).unwrap();
+        outcomes.remove(0).1
+    }
+
+    #[test]
+    fn a_lost_answer_counts_as_accepted_when_the_status_shows_the_model() {
+        let dir = tempfile::tempdir().unwrap();
+        let device = cutting_device(dir.path(), "ab12");
+
+        match push_to(device, "ab12") {
+            Outcome::Accepted(reply) => {
+                assert_eq!((reply.version_number, reply.sha256.as_str()), (2, "ab12"));
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_lost_answer_stays_unreachable_when_the_device_runs_another_model() {
+        let dir = tempfile::tempdir().unwrap();
+        let device = cutting_device(dir.path(), "ab12");
+
+        let outcome = push_to(device, "cd34");
+
+        assert!(matches!(outcome, Outcome::Unreachable(_)), "{outcome:?}");
+    }
 }

@@ -42,9 +42,7 @@ fn a_host_syncs_over_tls_only_when_it_trusts_the_certificate() {
     let tmp = tempfile::tempdir().unwrap();
     let root = tmp.path();
     let data = root.join("host-data");
-    let out = host(&data, &["keys", "init"]);
-    assert!(out.status.success(), "{}", text(&out));
-    let key = String::from_utf8(out.stdout).unwrap().trim().to_string();
+    let key = init_keys(&data);
     let frames = write_frames(&root.join("frames"), 8, 160, 120, 0.5);
     let model = write_model(&root.join("models"), "face-v1", 1, &stand_in_onnx(4.0 / 3.0, 0.0, 0));
     let setup = DeviceSetup {

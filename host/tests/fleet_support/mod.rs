@@ -54,6 +54,13 @@ pub fn host(data: &Path, args: &[&str]) -> Output {
     out
 }
 
+/// `host keys init` in `data`; returns the public key it prints.
+pub fn init_keys(data: &Path) -> String {
+    let out = host(data, &["keys", "init"]);
+    assert!(out.status.success(), "{}", text(&out));
+    String::from_utf8(out.stdout).unwrap().trim().to_string()
+}
+
 /// Stdout and stderr of a finished command, for assertion messages.
 pub fn text(out: &Output) -> String {
     format!(
