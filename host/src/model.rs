@@ -17,8 +17,8 @@ pub const FEATURE_WIDTH: i64 = 1280;
 const BN_EPS: f64 = 1e-5;
 
 /// Inverted residual settings of MobileNetV2 (width 1.0): expansion, output channels,
-/// repeats, first stride.
-const BLOCKS: [(i64, i64, usize, i64); 7] = [
+/// repeats, first stride. The ONNX export builds its graph from the same table.
+pub(crate) const BLOCKS: [(i64, i64, usize, i64); 7] = [
     (1, 16, 1, 1),
     (6, 24, 2, 2),
     (6, 32, 3, 2),

@@ -16,17 +16,11 @@ pub const BN_EPS: f32 = 1e-5;
 /// Input side length in pixels.
 pub const INPUT_SIZE: usize = 224;
 
-/// torchvision's inverted-residual settings: expansion t, output channels c, repeats n,
-/// first stride s.
-const SETTINGS: [(usize, usize, usize, usize); 7] = [
-    (1, 16, 1, 1),
-    (6, 24, 2, 2),
-    (6, 32, 3, 2),
-    (6, 64, 4, 2),
-    (6, 96, 3, 1),
-    (6, 160, 3, 2),
-    (6, 320, 1, 1),
-];
+/// The backbone's inverted-residual settings (expansion t, output channels c, repeats n,
+/// first stride s): the training model's own table, in sizes.
+fn settings() -> [(usize, usize, usize, usize); 7] {
+    crate::model::BLOCKS.map(|(t, c, n, s)| (t as usize, c as usize, n, s as usize))
+}
 
 /// Width of the stem and of the last backbone layer.
 const STEM: usize = 32;
@@ -56,7 +50,7 @@ pub fn build(
     x = relu6(&mut g, &x, "features.0");
     let mut channels = STEM;
     let mut index = 1;
-    for (t, c, n, s) in SETTINGS {
+    for (t, c, n, s) in settings() {
         for repeat in 0..n {
             let stride = if repeat == 0 { s } else { 1 };
             x = inverted_residual(&mut g, checkpoint, &x, index, channels, c, t, stride)?;
@@ -259,7 +253,7 @@ pub fn expected_parameters() -> Vec<(String, Vec<usize>)> {
     };
     conv_bn("features.0", ".0", ".1", [STEM, 3, 3, 3]);
     let (mut channels, mut index) = (STEM, 1);
-    for (t, c, n, _) in SETTINGS {
+    for (t, c, n, _) in settings() {
         for _ in 0..n {
             let p = format!("features.{index}.conv");
             let hidden = channels * t;
