@@ -15,7 +15,8 @@
 //!
 //! Outputs in `runs/<run>/`: `last.safetensors` (every epoch, written to a temporary file
 //! then renamed, so an interrupted run never leaves a broken file), `best.safetensors`
-//! (lowest validation loss; the restored weights at the end), `metrics.csv`,
+//! (lowest validation loss; the restored weights at the end), with `--keep-epochs` each
+//! epoch's `epoch-N.safetensors` (to average with `host average`), `metrics.csv`,
 //! `params.json` (all parameters, training time, best epoch). `--resume` continues a run
 //! from `last.safetensors` with the parameters saved in `params.json`.
 
@@ -66,6 +67,9 @@ pub struct TrainArgs {
     /// Also write this many augmented training images, box drawn, to `<run>/samples/`.
     #[arg(long, default_value_t = 0)]
     pub dump_samples: usize,
+    /// Keep every epoch's weights as `epoch-N.safetensors` (for `host average`).
+    #[arg(long)]
+    pub keep_epochs: bool,
     /// Training hyper-parameters.
     #[command(flatten)]
     pub params: TrainParams,
@@ -182,7 +186,14 @@ pub fn run(args: TrainArgs) -> Result<()> {
     if args.grid {
         return grid(&args, &caches, &imagenet, device);
     }
-    let run = Run { dir, params, resume: args.resume, quiet: false, device };
+    let run = Run {
+        dir,
+        params,
+        resume: args.resume,
+        quiet: false,
+        keep_epochs: args.keep_epochs,
+        device,
+    };
     let summary = run.train(&mut vs, &net, &caches)?;
     tracing::info!(?summary, "training finished");
     Ok(())
@@ -532,6 +543,8 @@ struct Run {
     resume: bool,
     /// No progress bars (grid search).
     quiet: bool,
+    /// Keep `epoch-N.safetensors` beside `last.safetensors`.
+    keep_epochs: bool,
     /// Where the tail and heads run.
     device: Device,
 }
@@ -580,7 +593,16 @@ impl Run {
             let val = evaluate_cache(net, &caches.val, p, self.device);
             let secs = e0.elapsed().as_secs_f64();
             epochs = epoch + 1;
-            save_atomic(vs, &self.dir.join("last.safetensors"))?;
+            let last = self.dir.join("last.safetensors");
+            save_atomic(vs, &last)?;
+            if self.keep_epochs && !interrupted {
+                // A second name for the file just written: the next epoch's save replaces
+                // `last` by rename, so this one keeps its weights without a copy.
+                let kept = self.dir.join(format!("epoch-{epochs}.safetensors"));
+                let _ = std::fs::remove_file(&kept);
+                std::fs::hard_link(&last, &kept)
+                    .with_context(|| format!("keeping {}", kept.display()))?;
+            }
             if val.loss < best_loss && !interrupted {
                 best_loss = val.loss;
                 best_epoch = epochs;
@@ -795,8 +817,14 @@ fn grid(
                     let mut vs = nn::VarStore::new(device);
                     let net = Detector::new(&vs.root(), HeadConfig { dropout });
                     weights::load_into(&vs, imagenet, "features.")?;
-                    let run =
-                        Run { dir: dir.join(&name), params, resume: false, quiet: true, device };
+                    let run = Run {
+                        dir: dir.join(&name),
+                        params,
+                        resume: false,
+                        quiet: true,
+                        keep_epochs: false,
+                        device,
+                    };
                     let s = run.train(&mut vs, &net, caches)?;
                     if s.interrupted {
                         bail!("grid interrupted; results so far in {}", csv.display());
