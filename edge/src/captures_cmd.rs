@@ -63,6 +63,16 @@ pub fn run(args: CapturesArgs) -> Result<()> {
 // The listing is the command's output, so it goes to stdout.
 #[allow(clippy::print_stdout)]
 fn list(view: &LogView, after: u64, json: bool) -> Result<()> {
+    if let Some((good_len, problem)) = &view.tail {
+        // The listing still shows every record before the damage; the warning goes to
+        // stderr so that `--json` output stays parseable.
+        eprintln!(
+            "edge captures: warning: {}: the record file is damaged after byte {good_len} \
+             ({problem}); records after it are not listed. `edge run` cuts the damage off \
+             when it next opens the folder; `edge captures verify` reports everything.",
+            view.dir.display()
+        );
+    }
     let mut out = std::io::stdout().lock();
     if !json {
         writeln!(

@@ -54,11 +54,11 @@ pub fn run(args: DetectArgs) -> Result<()> {
         Some(p) => p,
         None => default_model()?,
     };
+    if let Some(t) = args.threshold.filter(|t| !(0.0..=1.0).contains(t)) {
+        bail!("--threshold {t}: must lie in [0, 1]");
+    }
     let mut detector = TractDetector::load(&model_path, ModelOptions { threads: args.threads })?;
     let threshold = args.threshold.unwrap_or(detector.threshold());
-    if !(0.0..=1.0).contains(&threshold) {
-        bail!("--threshold {threshold}: must lie in [0, 1]");
-    }
 
     let stdout = std::io::stdout();
     let mut out = stdout.lock();
@@ -119,6 +119,14 @@ fn collect_images(paths: &[PathBuf], failed: &mut usize) -> Vec<PathBuf> {
     for path in paths {
         if path.is_dir() {
             match images_in(path) {
+                Ok(found) if found.is_empty() => {
+                    *failed += 1;
+                    let _ = writeln!(
+                        std::io::stderr(),
+                        "edge detect: {}: no JPEG or PNG files in this folder",
+                        path.display()
+                    );
+                }
                 Ok(found) => images.extend(found),
                 Err(err) => {
                     *failed += 1;

@@ -120,3 +120,19 @@ fn a_corrupt_model_fails_with_its_name() {
     assert!(!ok);
     assert!(stderr.contains("broken-model.onnx"), "{stderr}");
 }
+
+#[test]
+fn a_folder_without_images_is_an_error_not_silence() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let model = dir.path().join("m.onnx");
+    std::fs::write(&model, common::stand_in_detector(true)).expect("write model");
+    let empty = dir.path().join("empty");
+    std::fs::create_dir(&empty).expect("mkdir");
+    std::fs::write(empty.join("notes.txt"), "no images here").expect("write");
+
+    let (ok, stdout, stderr) = run_detect(&model, &[&empty]);
+
+    assert!(!ok);
+    assert!(stdout.is_empty(), "{stdout}");
+    assert!(stderr.contains("empty: no JPEG or PNG files"), "{stderr}");
+}

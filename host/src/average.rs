@@ -71,9 +71,9 @@ pub fn average(checkpoints: &[PathBuf]) -> Result<nn::VarStore> {
 /// A detector loaded from `path`; the load fails, naming the file, when a variable is
 /// missing or has another shape (a checkpoint of some other model).
 fn load(path: &Path) -> Result<nn::VarStore> {
-    let mut vs = nn::VarStore::new(Device::Cpu);
+    let vs = nn::VarStore::new(Device::Cpu);
     let _net = Detector::new(&vs.root(), HeadConfig { dropout: 0.0 });
-    vs.load(path).with_context(|| format!("loading checkpoint {}", path.display()))?;
+    crate::model::load_checkpoint(&vs, path)?;
     Ok(vs)
 }
 

@@ -91,9 +91,9 @@ pub fn evaluate(
     limit: usize,
     details: Option<&Path>,
 ) -> Result<Report> {
-    let mut vs = nn::VarStore::new(Device::Cpu);
+    let vs = nn::VarStore::new(Device::Cpu);
     let net = Detector::new(&vs.root(), HeadConfig { dropout: 0.0 });
-    vs.load(checkpoint).with_context(|| format!("loading checkpoint {}", checkpoint.display()))?;
+    crate::model::load_checkpoint(&vs, checkpoint)?;
     let samples =
         dataset::load_seed(data).with_context(|| format!("reading {}", data.display()))?;
     let mut test: Vec<_> = samples.into_iter().filter(|s| s.part == Part::Test).collect();

@@ -239,6 +239,13 @@ impl DeviceClient {
             return Ok(response);
         }
         let status = response.status();
+        if status == StatusCode::UNAUTHORIZED {
+            // The device says nothing more on purpose; the usual cause is on this side.
+            let reason = "the device did not accept the token: the fleet file's token_file \
+                          must hold what the device's api.token_file holds"
+                .to_string();
+            return Err(CallError::Refused { status, reason });
+        }
         let body = response.bytes().await.unwrap_or_default();
         let reason = serde_json::from_slice::<protocol::ApiError>(&body)
             .map(|e| e.error)

@@ -28,6 +28,22 @@ pub(crate) const BLOCKS: [(i64, i64, usize, i64); 7] = [
     (6, 320, 1, 1),
 ];
 
+/// Loads the checkpoint at `path` into `vs`, as safetensors whatever the file is called
+/// (libtorch's own loader picks a format by extension and answers a wrong guess with a C++
+/// stack). The error names the file and what was wrong with it.
+pub fn load_checkpoint(vs: &nn::VarStore, path: &std::path::Path) -> anyhow::Result<()> {
+    if !path.is_file() {
+        anyhow::bail!("checkpoint {}: no such file", path.display());
+    }
+    vs.read_safetensors(path).map_err(|e| {
+        anyhow::anyhow!(
+            "checkpoint {}: not a checkpoint of this detector (expected the safetensors file \
+             `host train` or `host average` writes): {e}",
+            path.display()
+        )
+    })
+}
+
 /// Head settings: the dropout probability used in training.
 #[derive(Debug, Clone, Copy)]
 pub struct HeadConfig {
@@ -262,6 +278,29 @@ fn feature_index(name: &str) -> Option<usize> {
 #[allow(clippy::unwrap_used)] // A test fails loudly at the first surprise.
 mod tests {
     use super::*;
+
+    #[test]
+    fn checkpoints_load_by_content_not_by_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let (vs, _m) = model();
+        let saved = dir.path().join("weights.pt");
+        vs.save(dir.path().join("w.safetensors")).unwrap();
+        std::fs::rename(dir.path().join("w.safetensors"), &saved).unwrap();
+        let (other, _m) = model();
+
+        load_checkpoint(&other, &saved).unwrap();
+        let (mine, theirs) = (vs.variables(), other.variables());
+        for (name, v) in &mine {
+            assert!(v.equal(&theirs[name]), "{name} differs after loading");
+        }
+
+        let garbage = dir.path().join("garbage.onnx");
+        std::fs::write(&garbage, b"not weights").unwrap();
+        let err = load_checkpoint(&other, &garbage).unwrap_err().to_string();
+        assert!(err.contains("garbage.onnx") && err.contains("not a checkpoint"), "{err}");
+        let err = load_checkpoint(&other, &dir.path().join("gone")).unwrap_err().to_string();
+        assert!(err.contains("no such file"), "{err}");
+    }
 
     fn model() -> (nn::VarStore, Detector) {
         let vs = nn::VarStore::new(tch::Device::Cpu);

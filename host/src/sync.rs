@@ -134,7 +134,8 @@ pub fn run(args: SyncArgs, data: &Path) -> Result<()> {
     let failed = results.iter().filter(|r| r.error.is_some()).count();
     if failed > 0 {
         anyhow::bail!(
-            "{failed} of {} devices did not sync completely; run `host sync` again",
+            "{failed} of {} devices did not sync completely (see their result above); \
+             what was stored is kept, and `host sync` resumes after it",
             results.len()
         );
     }

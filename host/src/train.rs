@@ -173,11 +173,11 @@ pub fn run(args: TrainArgs) -> Result<()> {
     let mut vs = vs;
     // Load before caching: the cached prefix must be the prefix that is trained on.
     if let Some(init) = &args.init {
-        vs.load(init).with_context(|| format!("loading {}", init.display()))?;
+        crate::model::load_checkpoint(&vs, init)?;
     }
     if args.resume {
         let last = dir.join("last.safetensors");
-        vs.load(&last).with_context(|| format!("loading {} to resume", last.display()))?;
+        crate::model::load_checkpoint(&vs, &last).context("resuming the run")?;
     }
     if args.dump_samples > 0 {
         dump_samples(&train, &params, &dir.join("samples"), args.dump_samples)?;
@@ -631,7 +631,8 @@ impl Run {
             }
         }
         if best_epoch > 0 {
-            vs.load(self.dir.join("best.safetensors")).context("restoring the best weights")?;
+            crate::model::load_checkpoint(vs, &self.dir.join("best.safetensors"))
+                .context("restoring the best weights")?;
         }
         let seconds = t0.elapsed().as_secs_f64();
         Ok(Summary { best_epoch, best, epochs, interrupted, seconds })

@@ -36,6 +36,7 @@ use axum::extract::DefaultBodyLimit;
 use axum::http::StatusCode;
 use axum::routing::{get, post, put};
 use axum::Router;
+use axum_server::tls_rustls::RustlsConfig;
 use serde::{Deserialize, Serialize};
 use shared::protocol::DeviceStatus;
 use shared::ModelManifest;
@@ -241,6 +242,13 @@ pub fn start(config: &EdgeConfig, handles: RuntimeHandles) -> Result<Option<Join
     if token_text.trim().len() < 16 {
         bail!("{}: the API token must be at least 16 characters", token_path.display());
     }
+    // Loaded here, not in the server thread, so that a bad certificate stops `edge run`
+    // at start instead of leaving a device that detects but cannot be reached.
+    let tls = match (&api.tls_cert, &api.tls_key) {
+        (Some(cert), Some(key)) => Some(load_tls(cert, key)?),
+        (None, None) => None,
+        _ => bail!("api.tls_cert and api.tls_key must be given together"),
+    };
     let store = open_model_store(config)?;
     let device_id = api.device_id.clone().unwrap_or_else(host_name);
     let data_dir = config.storage.data_dir.clone();
@@ -252,11 +260,6 @@ pub fn start(config: &EdgeConfig, handles: RuntimeHandles) -> Result<Option<Join
         format!("binding the API to {listen} (port taken? use another --listen)")
     })?;
     listener.set_nonblocking(true).context("configuring the API socket")?;
-    let tls = match (&api.tls_cert, &api.tls_key) {
-        (Some(cert), Some(key)) => Some((cert.clone(), key.clone())),
-        (None, None) => None,
-        _ => bail!("api.tls_cert and api.tls_key must be given together"),
-    };
     let addr = listener.local_addr().context("reading the API address")?;
     match &tls {
         Some(_) => tracing::info!(%addr, %device_id, "API listening (TLS)"),
@@ -368,11 +371,29 @@ fn label<T: Serialize>(value: &T) -> String {
     serde_json::to_value(value).ok().and_then(|v| v.as_str().map(String::from)).unwrap_or_default()
 }
 
+/// The certificate chain and key for serving over TLS, checked now.
+fn load_tls(cert: &Path, key: &Path) -> Result<RustlsConfig> {
+    // Both rustls users in this binary take ring; installing twice is harmless.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting a runtime to read the TLS files")?;
+    runtime.block_on(RustlsConfig::from_pem_file(cert, key)).with_context(|| {
+        format!(
+            "api.tls_cert {} / api.tls_key {}: not a usable PEM certificate chain and key \
+             (deploy/TLS.md)",
+            cert.display(),
+            key.display()
+        )
+    })
+}
+
 /// Runs the server on its own runtime until shutdown is asked for.
 fn serve(
     listener: std::net::TcpListener,
     app: Router,
-    tls: Option<(PathBuf, PathBuf)>,
+    tls: Option<RustlsConfig>,
     handles: RuntimeHandles,
 ) {
     let runtime = match tokio::runtime::Builder::new_multi_thread()
@@ -390,7 +411,7 @@ fn serve(
     let result = runtime.block_on(async move {
         let make = app.into_make_service_with_connect_info::<SocketAddr>();
         match tls {
-            Some((cert, key)) => serve_tls(listener, make, &cert, &key, handles).await,
+            Some(tls) => serve_tls(listener, make, tls, handles).await,
             None => {
                 let listener = tokio::net::TcpListener::from_std(listener)?;
                 axum::serve(listener, make)
@@ -409,15 +430,9 @@ fn serve(
 async fn serve_tls(
     listener: std::net::TcpListener,
     make: axum::extract::connect_info::IntoMakeServiceWithConnectInfo<Router, SocketAddr>,
-    cert: &Path,
-    key: &Path,
+    tls: RustlsConfig,
     handles: RuntimeHandles,
 ) -> Result<()> {
-    // Both rustls users in this binary take ring; installing twice is harmless.
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    let tls = axum_server::tls_rustls::RustlsConfig::from_pem_file(cert, key).await.with_context(
-        || format!("loading TLS certificate {} and key {}", cert.display(), key.display()),
-    )?;
     let handle = axum_server::Handle::new();
     let stopper = handle.clone();
     tokio::spawn(async move {

@@ -327,3 +327,18 @@ proptest! {
         prop_assert!(status.as_u16() < 500, "{uri}: {status}");
     }
 }
+
+#[test]
+fn tls_files_are_checked_before_anything_starts() {
+    let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("../host/tests/fixtures/tls");
+    let (cert, key) = (fixtures.join("device.pem"), fixtures.join("device.key"));
+    load_tls(&cert, &key).unwrap();
+
+    let dir = tempfile::tempdir().unwrap();
+    let garbage = dir.path().join("key.pem");
+    std::fs::write(&garbage, "not a key").unwrap();
+    let err = format!("{:#}", load_tls(&cert, &garbage).unwrap_err());
+    assert!(err.contains("api.tls_key") && err.contains("key.pem"), "{err}");
+    let err = format!("{:#}", load_tls(&dir.path().join("gone.pem"), &key).unwrap_err());
+    assert!(err.contains("gone.pem"), "{err}");
+}
