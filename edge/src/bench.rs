@@ -38,7 +38,7 @@ pub struct BenchArgs {
     #[arg(long, default_value = "samples")]
     pub images: PathBuf,
     /// Threads for tract and onnxruntime alike.
-    #[arg(long, default_value_t = 1)]
+    #[arg(long, default_value_t = 1, value_parser = crate::onnx_model::thread_count())]
     pub threads: usize,
     /// Passes over the prepared inputs when timing the models alone.
     #[arg(long, default_value_t = 3)]

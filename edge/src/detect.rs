@@ -25,7 +25,7 @@ pub struct DetectArgs {
     #[arg(long)]
     pub threshold: Option<f32>,
     /// Threads for the model's matrix kernels.
-    #[arg(long, default_value_t = 1)]
+    #[arg(long, default_value_t = 1, value_parser = crate::onnx_model::thread_count())]
     pub threads: usize,
     /// Image files (JPEG, PNG) or folders to search for them, recursively.
     #[arg(required = true)]

@@ -64,6 +64,11 @@ pub struct ModelOptions {
     pub threads: usize,
 }
 
+/// Parser of a `--threads` flag: a count of at least 1 (0 threads would run nothing).
+pub fn thread_count() -> clap::builder::RangedU64ValueParser<usize> {
+    clap::builder::RangedU64ValueParser::new().range(1..)
+}
+
 impl Default for ModelOptions {
     fn default() -> Self {
         Self { threads: 1 }

@@ -10,7 +10,7 @@
 
 use std::path::{Path, PathBuf};
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 use tch::{nn, Device};
 
 use crate::model::{Detector, HeadConfig};

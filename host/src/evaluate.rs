@@ -34,7 +34,7 @@ pub struct EvaluateArgs {
     #[arg(long, default_value_t = 0)]
     pub limit: usize,
     /// libtorch threads.
-    #[arg(long, default_value_t = 2)]
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(i32).range(1..))]
     pub threads: i32,
     /// Also write one CSV row per real photo (score, predicted and human box, IoU) here.
     #[arg(long)]

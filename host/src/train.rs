@@ -121,7 +121,7 @@ pub struct TrainParams {
     #[arg(long, default_value_t = 42)]
     pub seed: u64,
     /// libtorch threads.
-    #[arg(long, default_value_t = 2)]
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(i32).range(1..))]
     pub threads: i32,
 }
 

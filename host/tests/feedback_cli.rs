@@ -74,3 +74,17 @@ fn the_environment_chooses_the_data_folder_and_bad_records_fail_the_command() {
     assert!(stdout.contains("1 added"), "{stdout}");
     assert!(data.join("feedback.sqlite").is_file());
 }
+
+#[test]
+fn reading_from_a_folder_without_a_store_creates_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let typo = dir.path().join("host-dtaa");
+
+    let out = Command::new(HOST).arg("--data").arg(&typo).args(["feedback", "report"]).output();
+
+    let out = out.unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(stderr.contains("host-dtaa: no feedback store here"), "{stderr}");
+    assert!(!typo.exists(), "the mistyped folder was created");
+}

@@ -64,6 +64,16 @@ enum FeedbackCommand {
 
 /// Runs `host feedback ...` against the store in `data_dir`.
 pub fn run(args: FeedbackArgs, data_dir: &Path) -> Result<()> {
+    // Only an import may create the store: reading from a mistyped --data would
+    // otherwise make an empty one there and report zeros.
+    let reads_only = !matches!(args.command, FeedbackCommand::Import(_));
+    if reads_only && !data_dir.join(crate::store::DB_FILE).is_file() {
+        anyhow::bail!(
+            "{}: no feedback store here (wrong --data? `host feedback import` or `host sync` \
+             creates one)",
+            data_dir.display()
+        );
+    }
     let mut store = open_store(data_dir)?;
     match args.command {
         FeedbackCommand::Import(a) => {
