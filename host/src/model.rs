@@ -35,7 +35,9 @@ pub fn load_checkpoint(vs: &nn::VarStore, path: &std::path::Path) -> anyhow::Res
     if !path.is_file() {
         anyhow::bail!("checkpoint {}: no such file", path.display());
     }
-    vs.read_safetensors(path).map_err(|e| {
+    // Reading copies into the trainable variables in place, which autograd refuses
+    // outside no_grad.
+    tch::no_grad(|| vs.read_safetensors(path)).map_err(|e| {
         anyhow::anyhow!(
             "checkpoint {}: not a checkpoint of this detector (expected the safetensors file \
              `host train` or `host average` writes): {e}",

@@ -217,6 +217,8 @@ pub struct Runtime {
     handles: RuntimeHandles,
     backoff: Backoff,
     start: Instant,
+    /// The `--duration` deadline: a camera retry wait never outlasts it.
+    stop_at: Option<Instant>,
     camera: CameraState,
     capture_state: CaptureState,
     next_store_try: Option<Instant>,
@@ -290,6 +292,7 @@ impl Runtime {
             config,
             backoff: Backoff::new(Duration::from_millis(500), Duration::from_secs(30)),
             start: now,
+            stop_at: None,
             camera: CameraState::Starting,
             capture_state: CaptureState::Active,
             next_store_try: None,
@@ -308,6 +311,7 @@ impl Runtime {
         let pace = (!self.source.is_live() && self.config.source.fps > 0)
             .then(|| Duration::from_secs_f64(1.0 / f64::from(self.config.source.fps)));
         let mut next_due = Instant::now();
+        self.stop_at = limits.duration.map(|d| self.start + d);
         while !self.handles.is_shutting_down() {
             if limits.max_frames.is_some_and(|m| self.summary.frames >= m)
                 || limits.duration.is_some_and(|d| self.start.elapsed() >= d)
@@ -541,6 +545,7 @@ impl Runtime {
 
     /// Sleeps in short slices so the LED keeps blinking and shutdown is not delayed.
     fn sleep_until(&mut self, deadline: Instant) {
+        let deadline = self.stop_at.map_or(deadline, |stop| deadline.min(stop));
         loop {
             let now = Instant::now();
             if now >= deadline || self.handles.is_shutting_down() {

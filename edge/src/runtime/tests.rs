@@ -166,6 +166,20 @@ fn max_frames_and_shutdown_stop_the_loop_and_flush() {
 }
 
 #[test]
+fn a_camera_retry_wait_ends_at_the_duration_limit() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut rt = runtime(dir.path(), &[0.5], vec![Event::Lost; 4]);
+    // A device whose camera has been gone a while waits 10 s and more between retries;
+    // `--duration 0.2` must still end the run at 0.2 s, not after the next retry.
+    rt.backoff = Backoff::new(Duration::from_secs(10), Duration::from_secs(30));
+    let started = Instant::now();
+    let limits = Limits { max_frames: None, duration: Some(Duration::from_millis(200)) };
+    let summary = rt.run(limits).unwrap();
+    assert_eq!((summary.frames, summary.outages), (0, 1));
+    assert!(started.elapsed() < Duration::from_secs(5), "waited {:?}", started.elapsed());
+}
+
+#[test]
 fn a_manual_request_keeps_a_confident_frame() {
     let dir = tempfile::tempdir().unwrap();
     let mut rt = runtime(dir.path(), &[0.99], frames(3));
