@@ -195,7 +195,17 @@ pub fn run(args: TrainArgs) -> Result<()> {
         device,
     };
     let summary = run.train(&mut vs, &net, &caches)?;
-    tracing::info!(?summary, "training finished");
+    tracing::info!(
+        epochs = summary.epochs,
+        best_epoch = summary.best_epoch,
+        val_loss = format_args!("{:.4}", summary.best.loss),
+        val_acc = format_args!("{:.4}", summary.best.accuracy),
+        val_iou = format_args!("{:.4}", summary.best.iou),
+        minutes = format_args!("{:.1}", summary.seconds / 60.0),
+        interrupted = summary.interrupted,
+        best = %run.dir.join("best.safetensors").display(),
+        "training finished"
+    );
     Ok(())
 }
 
