@@ -148,6 +148,9 @@ async fn confirm(
 ) -> Result<ModelReply, CallError> {
     let status = match client.status().await {
         Ok(status) if status.model_sha256.as_deref() == Some(sha256) => status,
+        // A device that refuses the token answers before reading the bundle and closes
+        // the connection, so the PUT looks cut; its answer to the status says why.
+        Err(refused @ CallError::Refused { .. }) => return Err(refused),
         _ => return Err(CallError::Unreachable(lost)),
     };
     tracing::warn!(
@@ -225,15 +228,16 @@ mod tests {
     use crate::fleet::Fleet;
 
     /// A device on a loopback port that cuts every `PUT` before answering and reports
-    /// `active_sha256` as its model on `GET /v1/status`.
-    fn cutting_device(dir: &Path, active_sha256: &str) -> Device {
+    /// `active_sha256` as its model on `GET /v1/status`, or, without one, refuses the
+    /// token there with a 401.
+    fn cutting_device(dir: &Path, active_sha256: Option<&str>) -> Device {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let port = listener.local_addr().unwrap().port();
         let status = DeviceStatus {
             device_id: "gate-west".into(),
             model_version: "2026-12-04-2".into(),
             model_version_number: 2,
-            model_sha256: Some(active_sha256.into()),
+            model_sha256: active_sha256.map(String::from),
             uptime_s: 1,
             fps: 0.0,
             inference_ms: 0.0,
@@ -247,12 +251,17 @@ mod tests {
             capture: "active".into(),
         };
         let body = serde_json::to_vec(&status).unwrap();
+        let active_sha256 = active_sha256.map(String::from);
         std::thread::spawn(move || {
             for stream in listener.incoming() {
                 let mut stream = stream.unwrap();
                 let mut head = [0u8; 1024];
                 let n = stream.read(&mut head).unwrap_or(0);
-                if head[..n].starts_with(b"GET /v1/status") {
+                if head[..n].starts_with(b"GET /v1/status") && active_sha256.is_none() {
+                    let reply = "HTTP/1.1 401 Unauthorized\r\ncontent-length: 0\r\n\
+                                 connection: close\r\n\r\n";
+                    let _ = stream.write_all(reply.as_bytes());
+                } else if head[..n].starts_with(b"GET /v1/status") {
                     let reply = format!(
                         "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n\
                          content-length: {}\r\nconnection: close\r\n\r\n",
@@ -284,7 +293,7 @@ mod tests {
     #[test]
     fn a_lost_answer_counts_as_accepted_when_the_status_shows_the_model() {
         let dir = tempfile::tempdir().unwrap();
-        let device = cutting_device(dir.path(), "ab12");
+        let device = cutting_device(dir.path(), Some("ab12"));
 
         match push_to(device, "ab12") {
             Outcome::Accepted(reply) => {
@@ -297,10 +306,21 @@ mod tests {
     #[test]
     fn a_lost_answer_stays_unreachable_when_the_device_runs_another_model() {
         let dir = tempfile::tempdir().unwrap();
-        let device = cutting_device(dir.path(), "ab12");
+        let device = cutting_device(dir.path(), Some("ab12"));
 
         let outcome = push_to(device, "cd34");
 
         assert!(matches!(outcome, Outcome::Unreachable(_)), "{outcome:?}");
+    }
+
+    #[test]
+    fn a_cut_push_to_a_device_that_refuses_the_token_is_refused_not_unreachable() {
+        let dir = tempfile::tempdir().unwrap();
+        let device = cutting_device(dir.path(), None);
+
+        match push_to(device, "ab12") {
+            Outcome::Refused(reason) => assert!(reason.starts_with("401"), "{reason}"),
+            other => panic!("{other:?}"),
+        }
     }
 }

@@ -82,7 +82,7 @@ pub struct TrainParams {
     #[arg(long = "max-epochs", default_value_t = 30)]
     pub epochs: usize,
     /// Images per batch.
-    #[arg(long, default_value_t = 96)]
+    #[arg(long, default_value_t = 96, value_parser = clap::value_parser!(i64).range(1..))]
     pub batch: i64,
     /// Adam learning rate of the first epoch.
     #[arg(long, default_value_t = 1e-4)]

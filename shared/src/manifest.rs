@@ -90,6 +90,34 @@ pub enum ManifestError {
     /// The threshold is not a probability.
     #[error("manifest threshold {0} is not in (0, 1)")]
     Threshold(f32),
+    /// The input spec cannot describe a usable model input.
+    #[error("manifest input {0}")]
+    Input(String),
+}
+
+/// The largest input side a manifest may ask for. The shipped models take 224; far larger
+/// sides would make every frame's tensor gigabytes, so they are refused as corrupt.
+pub const MAX_INPUT_SIDE: u32 = 4096;
+
+impl InputSpec {
+    /// Checks the size and the normalisation: a zero or huge side, or a standard
+    /// deviation that is zero or not finite, would give garbage or exhaust memory.
+    pub fn check(&self) -> Result<(), ManifestError> {
+        for (name, side) in [("width", self.width), ("height", self.height)] {
+            if side == 0 || side > MAX_INPUT_SIDE {
+                return Err(ManifestError::Input(format!(
+                    "{name} {side} is not in 1..={MAX_INPUT_SIDE}"
+                )));
+            }
+        }
+        if !self.mean.iter().all(|m| m.is_finite()) {
+            return Err(ManifestError::Input(format!("mean {:?} is not finite", self.mean)));
+        }
+        if !self.std.iter().all(|s| s.is_finite() && *s > 0.0) {
+            return Err(ManifestError::Input(format!("std {:?} must be above 0", self.std)));
+        }
+        Ok(())
+    }
 }
 
 impl ModelManifest {
@@ -99,6 +127,7 @@ impl ModelManifest {
         if !(m.threshold > 0.0 && m.threshold < 1.0) {
             return Err(ManifestError::Threshold(m.threshold));
         }
+        m.input.check()?;
         Ok(m)
     }
 
@@ -161,5 +190,23 @@ mod tests {
         let mut m = manifest(b"x");
         m.threshold = 1.5;
         assert!(matches!(ModelManifest::from_json(&m.to_json()), Err(ManifestError::Threshold(_))));
+    }
+
+    #[test]
+    fn rejects_an_input_of_no_size_huge_size_or_zero_std() {
+        let edits: [(fn(&mut InputSpec), &str); 4] = [
+            (|i| i.width = 0, "width 0"),
+            (|i| i.height = 100_000, "height 100000"),
+            (|i| i.std = [0.2, 0.0, 0.2], "std"),
+            (|i| i.std = [0.2, 0.2, -0.2], "std"),
+        ];
+        for (edit, named) in edits {
+            let mut m = manifest(b"x");
+            edit(&mut m.input);
+            let err = ModelManifest::from_json(&m.to_json()).unwrap_err();
+            assert!(matches!(err, ManifestError::Input(_)), "{err}");
+            assert!(err.to_string().contains(named), "{err}");
+        }
+        assert!(ModelManifest::from_json(&manifest(b"x").to_json()).is_ok());
     }
 }
