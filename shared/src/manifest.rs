@@ -194,15 +194,16 @@ mod tests {
 
     #[test]
     fn rejects_an_input_of_no_size_huge_size_or_zero_std() {
-        let edits: [(fn(&mut InputSpec), &str); 4] = [
-            (|i| i.width = 0, "width 0"),
-            (|i| i.height = 100_000, "height 100000"),
-            (|i| i.std = [0.2, 0.0, 0.2], "std"),
-            (|i| i.std = [0.2, 0.2, -0.2], "std"),
+        let good = manifest(b"x").input;
+        let cases = [
+            (InputSpec { width: 0, ..good.clone() }, "width 0"),
+            (InputSpec { height: 100_000, ..good.clone() }, "height 100000"),
+            (InputSpec { std: [0.2, 0.0, 0.2], ..good.clone() }, "std"),
+            (InputSpec { std: [0.2, 0.2, -0.2], ..good }, "std"),
         ];
-        for (edit, named) in edits {
+        for (input, named) in cases {
             let mut m = manifest(b"x");
-            edit(&mut m.input);
+            m.input = input;
             let err = ModelManifest::from_json(&m.to_json()).unwrap_err();
             assert!(matches!(err, ManifestError::Input(_)), "{err}");
             assert!(err.to_string().contains(named), "{err}");
