@@ -341,6 +341,10 @@ impl Runtime {
                 self.summary.source_ended = true;
                 return false;
             }
+            // Known shortcoming: a source that yields only bad frames (a folder of corrupt
+            // files, a camera sending garbage) leaves the camera state at "starting" and
+            // the status figures still, with one warning. Counting a run of bad frames as
+            // a lost camera would show it; not done yet.
             Err(SourceError::BadFrame { what, reason }) => {
                 self.summary.bad_frames += 1;
                 if self.summary.bad_frames == 1 {
