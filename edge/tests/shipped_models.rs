@@ -24,25 +24,27 @@ fn seed_dir() -> PathBuf {
     dir
 }
 
-/// The shipped fp32 model and its int8 twin, from the newest manifest.
-fn shipped() -> (PathBuf, PathBuf) {
+/// The shipped fp32 model, its int8 twin, and the fp32 manifest (the newest one).
+fn shipped() -> (PathBuf, PathBuf, shared::ModelManifest) {
     let models = repo().join("models");
-    let mut newest: Option<(u64, PathBuf)> = None;
+    let mut newest: Option<shared::ModelManifest> = None;
     for entry in std::fs::read_dir(&models).expect("models/ exists").flatten() {
         let p = entry.path();
-        let Ok(bytes) = std::fs::read(&p) else { continue };
         if p.extension().is_some_and(|e| e == "json") {
+            let Ok(bytes) = std::fs::read(&p) else { continue };
             if let Ok(m) = shared::ModelManifest::from_json(&bytes) {
                 let is_fp32 = m.precision == shared::manifest::Precision::Fp32;
-                if is_fp32 && newest.as_ref().is_none_or(|(n, _)| m.version_number > *n) {
-                    newest = Some((m.version_number, models.join(&m.file)));
+                if is_fp32 && newest.as_ref().is_none_or(|n| m.version_number > n.version_number) {
+                    newest = Some(m);
                 }
             }
         }
     }
-    let (_, fp32) = newest.expect("a fp32 manifest in models/");
+    let manifest = newest.expect("a fp32 manifest in models/");
+    let fp32 = models.join(&manifest.file);
     let stem = fp32.file_stem().and_then(|s| s.to_str()).expect("name").to_string();
-    (fp32.clone(), fp32.with_file_name(format!("{stem}.int8.onnx")))
+    let int8 = fp32.with_file_name(format!("{stem}.int8.onnx"));
+    (fp32, int8, manifest)
 }
 
 #[derive(Debug, Deserialize)]
@@ -90,12 +92,6 @@ fn in_seed_test(name: &str) -> bool {
     hash % 2 == 1
 }
 
-/// The manifest beside `model`.
-fn manifest_of(model: &Path) -> shared::ModelManifest {
-    let bytes = std::fs::read(model.with_extension("json")).expect("manifest beside the model");
-    shared::ModelManifest::from_json(&bytes).expect("manifest parses")
-}
-
 /// The manifest's figure `key` agrees with the one measured here. tract and tch differ
 /// by about 1e-5 per box value, hence the small tolerance.
 fn assert_manifest_says(manifest: &shared::ModelManifest, key: &str, measured: f64) {
@@ -109,7 +105,7 @@ fn iou(a: [f32; 4], b: [f32; 4]) -> f32 {
 
 #[test]
 fn int8_stays_within_a_hundredth_of_fp32_mean_iou_on_validation() {
-    let (fp32, int8) = shipped();
+    let (fp32, int8, manifest) = shipped();
     let seed = seed_dir();
     let images = seed.join("Data/Validation/Images");
     let labels_dir = seed.join("Data/Validation/Labels");
@@ -164,7 +160,6 @@ fn int8_stays_within_a_hundredth_of_fp32_mean_iou_on_validation() {
     let mean_iou = iou_sum / faces as f64;
     eprintln!("seed test: {images} images; accuracy {accuracy:.4}, mean IoU {mean_iou:.4}");
     assert!(accuracy >= 0.99 && mean_iou >= 0.80, "seed test {accuracy} / {mean_iou}");
-    let manifest = manifest_of(&fp32);
     assert_manifest_says(&manifest, "seed_test.images", images as f64);
     assert_manifest_says(&manifest, "seed_test.accuracy", accuracy);
     assert_manifest_says(&manifest, "seed_test.mean_iou", mean_iou);
@@ -172,7 +167,7 @@ fn int8_stays_within_a_hundredth_of_fp32_mean_iou_on_validation() {
 
 #[test]
 fn fp32_finds_the_reviewers_faces_in_the_real_photos() {
-    let (fp32, _) = shipped();
+    let (fp32, _, manifest) = shipped();
     let seed = seed_dir();
     let feedback = std::fs::read(seed.join("feedback/feedback_data.json")).expect("feedback");
     let records: Vec<serde_json::Value> = serde_json::from_slice(&feedback).expect("JSON");
@@ -196,7 +191,6 @@ fn fp32_finds_the_reviewers_faces_in_the_real_photos() {
     eprintln!("real photos: {n} images; mean IoU {mean_iou:.4}, scored a face {accuracy:.3}");
     assert_eq!(records.len(), 80);
     assert!(mean_iou >= 0.55, "mean IoU on the real photos {mean_iou} (target 0.55)");
-    let manifest = manifest_of(&fp32);
     assert_manifest_says(&manifest, "real_photos.mean_iou", mean_iou);
     assert_manifest_says(&manifest, "real_photos.accuracy", accuracy);
 }

@@ -257,11 +257,12 @@ mod tests {
                 let mut stream = stream.unwrap();
                 let mut head = [0u8; 1024];
                 let n = stream.read(&mut head).unwrap_or(0);
-                if head[..n].starts_with(b"GET /v1/status") && active_sha256.is_none() {
+                let asks_status = head[..n].starts_with(b"GET /v1/status");
+                if asks_status && active_sha256.is_none() {
                     let reply = "HTTP/1.1 401 Unauthorized\r\ncontent-length: 0\r\n\
                                  connection: close\r\n\r\n";
                     let _ = stream.write_all(reply.as_bytes());
-                } else if head[..n].starts_with(b"GET /v1/status") {
+                } else if asks_status {
                     let reply = format!(
                         "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n\
                          content-length: {}\r\nconnection: close\r\n\r\n",

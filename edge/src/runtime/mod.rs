@@ -314,7 +314,7 @@ impl Runtime {
         self.stop_at = limits.duration.map(|d| self.start + d);
         while !self.handles.is_shutting_down() {
             if limits.max_frames.is_some_and(|m| self.summary.frames >= m)
-                || limits.duration.is_some_and(|d| self.start.elapsed() >= d)
+                || self.stop_at.is_some_and(|stop| Instant::now() >= stop)
             {
                 break;
             }
